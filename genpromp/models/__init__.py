@@ -1,0 +1,1 @@
+"""Model loading (diffusers layout), the tiny SD-topology model and its pretraining."""

@@ -1,0 +1,79 @@
+"""A tiny model with Stable Diffusion 1.4's topology, saved in the diffusers folder layout.
+
+Same block types and layout as SD-1.4 (4-level UNet, cross-attention in the first three down
+blocks, the mid block and the last three up blocks; 8x VAE with 4 latent channels; CLIP text
+encoder with the real 49408-id tokenizer), at a width a 2-core CPU trains in minutes. It is
+loaded by exactly the code that loads ``stable-diffusion-v1-4`` (``genpromp.models.loading``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_dir
+
+__all__ = ["TinySpec", "build_tiny_model", "SD14_SCHEDULER", "SD14_SCALING_FACTOR"]
+
+# SD-1.4's noise schedule (SPEC.md § Models).
+SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                      beta_schedule="scaled_linear", clip_sample=False)
+SD14_SCALING_FACTOR = 0.18215
+
+
+def _unet_config(channels, cross_dim, sample_size, heads):
+    return dict(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=tuple(channels),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=cross_dim, attention_head_dim=heads, norm_num_groups=min(32, min(channels)),
+    )
+
+
+def build_tiny_model(out_dir, tokenizer_dir, resolution=128, block_out_channels=(32, 64, 64, 64),
+                     cross_attention_dim=64, text_hidden_size=64, text_layers=2, heads=4,
+                     vae_channels=(32, 32, 64, 64), scaling_factor=SD14_SCALING_FACTOR, seed=0):
+    """Write a randomly initialised SD-topology model folder to ``out_dir`` and return its path."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_hidden_size, intermediate_size=4 * text_hidden_size,
+        num_hidden_layers=text_layers, num_attention_heads=max(1, text_hidden_size // 16),
+        max_position_embeddings=tokenizer.model_max_length, hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=text_hidden_size,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=tuple(vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        norm_num_groups=min(32, min(vae_channels)), sample_size=resolution, scaling_factor=scaling_factor,
+    )
+    unet = UNet2DConditionModel(**_unet_config(block_out_channels, cross_attention_dim,
+                                               resolution // 8, heads))
+    scheduler = DDPMScheduler(**SD14_SCHEDULER)
+    with atomic_dir(out_dir) as tmp:
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        text_encoder.save_pretrained(tmp / "text_encoder")
+        vae.save_pretrained(tmp / "vae")
+        unet.save_pretrained(tmp / "unet")
+        scheduler.save_pretrained(tmp / "scheduler")
+    return Path(out_dir)
+
+
+def register_cli(sub):
+    p = sub.add_parser("build-tiny", help="write a randomly initialised tiny SD-1.4-topology model folder")
+    p.add_argument("--out", required=True, help="output folder (diffusers layout)")
+    p.add_argument("--tokenizer", default="resources/assets/clip_tokenizer", help="CLIPTokenizer folder")
+    p.add_argument("--resolution", type=int, default=128, help="image size the model is built for")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=lambda a: build_tiny_model(a.out, a.tokenizer, resolution=a.resolution, seed=a.seed))
