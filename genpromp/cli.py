@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "genpromp.data.scores",
     "genpromp.data.classifier",
     "genpromp.models.tiny",
+    "genpromp.models.pretrain",
     "genpromp.training.stage1",
     "genpromp.training.stage2",
     "genpromp.training.checkpoints",

@@ -1,0 +1,29 @@
+# genpromp: GenPromp (ICCV'23) weakly supervised object localization as a Snakemake workflow.
+# Every benchmark number is a target: see README.md and `snakemake --list-target-rules`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The embedded demo unless a --configfile brings its own datasets (configs are merged key by
+# key, so the demo's datasets must not leak into config/cub.yaml runs). --config overrides apply
+# on top either way.
+if "datasets" not in config:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/tokens.smk"
+include: "workflow/rules/unet.smk"
+include: "workflow/rules/cams.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,147 @@
+"""Project-level checks: install metadata, configs, CLI help, prompts and code safety."""
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genpromp.config import load_config, variant_name
+from genpromp.errors import ConfigError
+from genpromp.prompts import TEMPLATES, concept_token, meta_token_for, token_index
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pinned = project["dependencies"] + project["optional-dependencies"]["test"]
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(pip) == sorted(pinned)
+    assert "python=3.11" in env["dependencies"]
+    assert all("==" in p for p in pinned), "every dependency is pinned"
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "cub.yaml", "imagenet.yaml"])
+def test_shipped_configs_validate(name):
+    config = load_config(REPO / "config" / name)
+    assert config["test"]["timesteps"] == [0, 99] or name == "config.yaml"
+
+
+def test_paper_settings_in_configs():
+    cub = load_config(REPO / "config" / "cub.yaml")
+    imnet = load_config(REPO / "config" / "imagenet.yaml")
+    assert cub["datasets"]["cub"]["cam_thr"] == 0.23 and imnet["datasets"]["imagenet"]["cam_thr"] == 0.25
+    assert cub["train_unet"]["learning_rate"] == 5e-6 and cub["train_unet"]["max_train_steps"] == 250
+    assert imnet["train_unet"]["learning_rate"] == 5e-8 and imnet["train_unet"]["gradient_accumulation_steps"] == 32
+    assert cub["test"]["combine_ratio"] == 0.6 and cub["test"]["resolution"] == 512
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"test": {"combne_ratio": 0.5}}, "test.combne_ratio"),
+    ({"tset": {}}, "tset"),
+    ({"test": {"batch_size": "eight"}}, "test.batch_size"),
+    ({"test": {"combine_ratio": 1.5}}, "test.combine_ratio"),
+    ({"datasets": {"cub_demo": {"cam_thr": -0.1}}}, "datasets.cub_demo.cam_thr"),
+    ({"evaluation": {"sweep": {"step": 0}}}, "evaluation.sweep.step"),
+    ({"datasets": {"cub_demo": {"keep_class": [5, 2]}}}, "datasets.cub_demo.keep_class"),
+])
+def test_bad_config_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(REPO / "config" / "config.yaml", override)
+
+
+def test_every_original_option_has_a_home():
+    """The original's --opt options (seed README § 4.5) map onto config keys."""
+    config = load_config(REPO / "config" / "config.yaml")
+    homes = {
+        "data.keep_class": config["datasets"]["cub_demo"]["keep_class"],
+        "train.batch_size": config["train_token"]["batch_size"],
+        "train.num_train_epochs": config["train_token"]["num_train_epochs"],
+        "train.save_steps": config["train_unet"]["save_steps"],
+        "train.max_train_steps": config["train_unet"]["max_train_steps"],
+        "train.gradient_accumulation_steps": config["train_token"]["gradient_accumulation_steps"],
+        "train.learning_rate": config["train_token"]["learning_rate"],
+        "train.scale_lr": config["train_token"]["scale_lr"],
+        "train.load_pretrain_path": config["pretrained"],
+        "train.load_token_path": config["train_token"]["load_token_path"],
+        "test.batch_size": config["test"]["batch_size"],
+        "test.cam_thr": config["datasets"]["cub_demo"]["cam_thr"],
+        "test.combine_ratio": config["test"]["combine_ratio"],
+        "test.load_class_path": config["datasets"]["cub_demo"]["classifier"]["path"],
+        "test.load_unet_path": config["train_unet"]["load_unet_path"],
+        "test.save_vis_path": config["test"]["n_vis"],
+        "test.eval_mode": config["test"]["eval_modes"],
+    }
+    assert len(homes) == 17
+
+
+def test_variant_name_encodes_what_changes_maps():
+    assert variant_name("top1", 0.6, [0, 99]) == "top1_w0.60_t0-99"
+    assert variant_name("gtk", 0, [0]) == "gtk_w0.00_t0"
+    assert variant_name("gtk", 0.6, [0, 99]) != variant_name("gtk", 0.4, [0, 99])
+
+
+def test_token_index_is_derived_from_templates(tokenizer):
+    assert token_index(tokenizer, TEMPLATES) == 5
+    assert token_index(tokenizer, ["{}"]) == 1
+    with pytest.raises(Exception, match="different positions"):
+        token_index(tokenizer, ["a photo of a {}", "a {}"])
+
+
+def test_meta_token_rule(tokenizer):
+    # first synonym whose last word is a single CLIP token
+    assert meta_token_for("goldfinch, Carduelis carduelis", tokenizer) == "finch" or \
+        len(tokenizer.tokenize("goldfinch")) == 1
+    assert meta_token_for("great white shark, white shark", tokenizer) == "shark"
+    assert meta_token_for("red striped triangle", tokenizer) == "triangle"
+    # none is a single token: the last sub-token of the first synonym's word
+    pieces = tokenizer.tokenize("tench")
+    assert len(pieces) > 1
+    assert meta_token_for("tench, Tinca tinca", tokenizer) == pieces[-1].replace("</w>", "")
+    assert concept_token("cub", 3) == "<cub-3>"
+
+
+def test_cli_help_lists_every_command(capsys):
+    from genpromp.cli import build_parser
+
+    parser = build_parser()
+    help_text = parser.format_help()
+    for command in ["assets", "index", "import-scores", "train-token", "train-unet", "extract-cams", "evaluate"]:
+        assert command in help_text
+
+
+BANNED_CALLS = {"eval", "exec"}
+
+
+def _python_files():
+    for folder in ["genpromp", "workflow/scripts", "benchmarks"]:
+        yield from (REPO / folder).rglob("*.py")
+
+
+def test_no_eval_exec_or_unsafe_pickle():
+    offenders = []
+    for path in _python_files():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+                if isinstance(func, ast.Name) and name in BANNED_CALLS:
+                    offenders.append(f"{path}:{node.lineno} {name}()")
+                if name == "load" and isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "torch":
+                    kw = {k.arg: k.value for k in node.keywords}
+                    if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                        offenders.append(f"{path}:{node.lineno} torch.load without weights_only=True")
+                if name in {"loads", "load"} and getattr(func.value, "id", "") == "pickle":
+                    offenders.append(f"{path}:{node.lineno} pickle.{name}")
+    assert not offenders, offenders
+
+
+def test_no_hardcoded_cuda():
+    offenders = [f"{p}" for p in _python_files() if re.search(r"""['"]cuda(:\d)?['"]""", p.read_text())
+                 and "benchmarks" not in str(p)]
+    assert not offenders, offenders
