@@ -118,7 +118,8 @@ def write_cam_shard(path, image_ids, class_ids, cams, compress=False):
     class_ids = np.asarray(class_ids)
     cams = np.asarray(cams)
     validate_cams(path, image_ids, class_ids, cams)
-    cams16 = cams.astype(np.float16)
+    with np.errstate(over="ignore"):
+        cams16 = cams.astype(np.float16)
     validate_cams(path, image_ids, class_ids, cams16)  # overflow to inf after the cast
     save = np.savez_compressed if compress else np.savez
     with atomic_path(path) as tmp:

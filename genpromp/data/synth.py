@@ -166,11 +166,11 @@ def _hsv_rgb(h, s, v):
 
 def _background(rng, height, width):
     """Cluttered class-independent background, float32 [H, W, 3] in 0..255."""
-    base = _hsv_rgb(rng.uniform(), rng.uniform(0.04, 0.25), rng.uniform(0.35, 0.75))
+    base = _hsv_rgb(rng.uniform(), rng.uniform(0.04, 0.22), rng.uniform(0.45, 0.8))
     img = Image.new("RGB", (width, height), tuple(int(c) for c in base))
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(6, 15))):
-        col = tuple(int(c) for c in np.clip(base + rng.normal(0, 18, 3), 0, 255))
+        col = tuple(int(c) for c in np.clip(base + rng.normal(0, 12, 3) + rng.normal(0, 14), 0, 255))
         x0, y0 = rng.uniform(-0.2, 1.0) * width, rng.uniform(-0.2, 1.0) * height
         w, h = rng.uniform(0.08, 0.5) * width, rng.uniform(0.08, 0.5) * height
         if rng.uniform() < 0.6:
@@ -181,7 +181,7 @@ def _background(rng, height, width):
     img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 2.0))))
     arr = np.asarray(img, dtype=np.float32)
     gh, gw = max(2, height // 24), max(2, width // 24)
-    shade = rng.normal(0, 12, (gh, gw, 3)).astype(np.float32)
+    shade = (rng.normal(0, 4, (gh, gw, 3)) + rng.normal(0, 10, (gh, gw, 1))).astype(np.float32)
     shade = np.stack([np.asarray(Image.fromarray(shade[:, :, c], mode="F").resize((width, height), Image.BILINEAR))
                       for c in range(3)], 2)
     return arr + shade

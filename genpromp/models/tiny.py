@@ -8,39 +8,54 @@ loaded by exactly the code that loads ``stable-diffusion-v1-4`` (``genpromp.mode
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
+from ..errors import GenprompError
 from ..io import atomic_dir
 
-__all__ = ["TinySpec", "build_tiny_model", "SD14_SCHEDULER", "SD14_SCALING_FACTOR"]
+__all__ = ["create_tiny_components", "save_components", "build_tiny_model", "SD14_SCHEDULER",
+           "SD14_SCALING_FACTOR", "SD14_BLOCK_TYPES", "register_cli"]
 
 # SD-1.4's noise schedule (SPEC.md § Models).
 SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                       beta_schedule="scaled_linear", clip_sample=False)
 SD14_SCALING_FACTOR = 0.18215
+# SD-1.4's UNet block layout, which the tiny model keeps.
+SD14_BLOCK_TYPES = dict(
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
 
 
 def _unet_config(channels, cross_dim, sample_size, heads):
     return dict(
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=tuple(channels),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        mid_block_type="UNetMidBlock2DCrossAttn",
+        **SD14_BLOCK_TYPES,
         cross_attention_dim=cross_dim, attention_head_dim=heads, norm_num_groups=min(32, min(channels)),
     )
 
 
-def build_tiny_model(out_dir, tokenizer_dir, resolution=128, block_out_channels=(32, 64, 64, 64),
-                     cross_attention_dim=64, text_hidden_size=64, text_layers=2, heads=4,
-                     vae_channels=(32, 32, 64, 64), scaling_factor=SD14_SCALING_FACTOR, seed=0):
-    """Write a randomly initialised SD-topology model folder to ``out_dir`` and return its path."""
+def create_tiny_components(tokenizer_dir, resolution=256, block_out_channels=(32, 64, 64, 64),
+                           cross_attention_dim=64, text_hidden_size=64, text_layers=2, heads=4,
+                           vae_channels=(16, 32, 64, 64), scaling_factor=SD14_SCALING_FACTOR, seed=0):
+    """Randomly initialised tiny SD-topology components, in memory.
+
+    Returns ``(tokenizer, text_encoder, vae, unet, scheduler)``. ``cross_attention_dim`` must equal
+    ``text_hidden_size`` (the UNet attends to the text encoder's last hidden state, as in SD).
+    Deterministic for a given ``seed``.
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    if cross_attention_dim != text_hidden_size:
+        raise GenprompError(f"tiny model: cross_attention_dim ({cross_attention_dim}) must equal "
+                            f"text_hidden_size ({text_hidden_size})")
+    if resolution % 8:
+        raise GenprompError(f"tiny model: resolution {resolution} must be a multiple of 8 (8x VAE)")
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     text_config = CLIPTextConfig(
@@ -61,6 +76,11 @@ def build_tiny_model(out_dir, tokenizer_dir, resolution=128, block_out_channels=
     unet = UNet2DConditionModel(**_unet_config(block_out_channels, cross_attention_dim,
                                                resolution // 8, heads))
     scheduler = DDPMScheduler(**SD14_SCHEDULER)
+    return tokenizer, text_encoder, vae, unet, scheduler
+
+
+def save_components(out_dir, tokenizer, text_encoder, vae, unet, scheduler):
+    """Write the five components to ``out_dir`` in the diffusers folder layout, atomically."""
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
         text_encoder.save_pretrained(tmp / "text_encoder")
@@ -70,10 +90,19 @@ def build_tiny_model(out_dir, tokenizer_dir, resolution=128, block_out_channels=
     return Path(out_dir)
 
 
+def build_tiny_model(out_dir, tokenizer_dir, resolution=256, block_out_channels=(32, 64, 64, 64),
+                     cross_attention_dim=64, text_hidden_size=64, text_layers=2, heads=4,
+                     vae_channels=(16, 32, 64, 64), scaling_factor=SD14_SCALING_FACTOR, seed=0):
+    """Write a randomly initialised SD-topology model folder to ``out_dir`` and return its path."""
+    parts = create_tiny_components(tokenizer_dir, resolution, block_out_channels, cross_attention_dim,
+                                   text_hidden_size, text_layers, heads, vae_channels, scaling_factor, seed)
+    return save_components(out_dir, *parts)
+
+
 def register_cli(sub):
     p = sub.add_parser("build-tiny", help="write a randomly initialised tiny SD-1.4-topology model folder")
     p.add_argument("--out", required=True, help="output folder (diffusers layout)")
     p.add_argument("--tokenizer", default="resources/assets/clip_tokenizer", help="CLIPTokenizer folder")
-    p.add_argument("--resolution", type=int, default=128, help="image size the model is built for")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=256, help="image size the model is built for (latent = resolution / 8)")
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     p.set_defaults(func=lambda a: build_tiny_model(a.out, a.tokenizer, resolution=a.resolution, seed=a.seed))

@@ -1,0 +1,152 @@
+"""Class text embeddings f_r (representative) and f_d (discriminative), computed once per run.
+
+SPEC.md § Prompts and tokens: f_r of a class = mean over the 7 templates of the text encoder's last
+hidden state for the concept-token captions; f_d = the same for the meta-token captions; both [77, D].
+The run's ``embeddings.safetensors`` holds ``f_r`` and ``f_d`` (float32 [C, 77, D]) and ``class_ids``
+(int64 [C]); CAM extraction mixes them per variant as f_c = w·f_r + (1−w)·f_d.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import InputError
+from ..io import atomic_path
+from ..prompts import TEMPLATES, add_concept_tokens, tokenize
+
+__all__ = [
+    "ClassEmbeddings", "read_classes", "load_token_vectors", "install_concept_tokens",
+    "encode_captions", "compute_class_embeddings", "write_embeddings", "read_embeddings", "combine_embeddings",
+    "build_run_embeddings",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ClassEmbeddings:
+    """f_r, f_d: float32 [C, 77, D] on CPU; class_ids: int64 [C] (row c is class class_ids[c])."""
+
+    def __init__(self, f_r, f_d, class_ids):
+        self.f_r, self.f_d, self.class_ids = f_r, f_d, class_ids
+        self._row = {int(c): i for i, c in enumerate(class_ids.tolist())}
+
+    def rows(self, class_ids, path="<embeddings>"):
+        """Row numbers of ``class_ids``; raise InputError for a class without embeddings."""
+        try:
+            return [self._row[int(c)] for c in class_ids]
+        except KeyError as exc:
+            raise InputError(path, f"no text embeddings for class {exc.args[0]}; rebuild the run's embeddings "
+                                   "with the current classes.parquet") from None
+
+
+def read_classes(path):
+    """classes.parquet → DataFrame with class_id, meta_token, concept_token (docs/FORMATS.md)."""
+    df = pd.read_parquet(path)
+    missing = {"class_id", "meta_token", "concept_token"} - set(df.columns)
+    if missing:
+        raise InputError(path, f"class table lacks columns {sorted(missing)}; see docs/FORMATS.md")
+    return df.sort_values("class_id").reset_index(drop=True)
+
+
+def load_token_vectors(path):
+    """{concept_token: float32 [D]} from our ``tokens.safetensors`` table or an original ``tokens/`` folder.
+
+    The training stage owns the format: this defers to ``genpromp.training.checkpoints.load_tokens``.
+    """
+    from ..training.checkpoints import load_tokens
+
+    return {str(k): v.float().reshape(-1) for k, v in load_tokens(path).items()}
+
+
+@torch.no_grad()
+def install_concept_tokens(tokenizer, text_encoder, classes, vectors, source="<tokens>"):
+    """Add every class's concept token to the tokenizer and set its input-embedding row from ``vectors``."""
+    tokens = classes["concept_token"].tolist()
+    missing = [t for t in tokens if t not in vectors]
+    if missing:
+        raise InputError(source, f"no learned vector for concept tokens {missing[:5]} ({len(missing)} missing); "
+                                 "train or import tokens for every class")
+    ids = add_concept_tokens(tokenizer, text_encoder, tokens, classes["meta_token"].tolist())
+    weight = text_encoder.get_input_embeddings().weight
+    for tok_id, tok in zip(ids, tokens):
+        vec = vectors[tok]
+        if vec.numel() != weight.shape[1]:
+            raise InputError(source, f"{tok}: vector of size {vec.numel()}, the text encoder needs {weight.shape[1]}")
+        weight[tok_id] = vec.to(weight.dtype)
+    return ids
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, text_encoder, words, templates=TEMPLATES, chunk=64):
+    """Mean over templates of the last hidden state: float32 [len(words), 77, D].
+
+    Captions are ``template.format(word)`` tokenised as SD (padding to 77, truncation).
+    """
+    device = next(text_encoder.parameters()).device
+    captions = [t.format(w) for w in words for t in templates]
+    ids = tokenize(tokenizer, captions)
+    states = []
+    for i in range(0, len(ids), chunk):
+        states.append(text_encoder(ids[i:i + chunk].to(device))[0].float().cpu())
+    states = torch.cat(states)
+    return states.view(len(words), len(templates), *states.shape[1:]).mean(dim=1)
+
+
+def compute_class_embeddings(tokenizer, text_encoder, classes, use_concept_tokens=True, templates=TEMPLATES):
+    """f_r, f_d for every class of ``classes`` → :class:`ClassEmbeddings`.
+
+    Without concept tokens (run tokens = meta), f_r is set equal to f_d (only w = 0 is meaningful).
+    """
+    f_d = encode_captions(tokenizer, text_encoder, classes["meta_token"].tolist(), templates)
+    f_r = (encode_captions(tokenizer, text_encoder, classes["concept_token"].tolist(), templates)
+           if use_concept_tokens else f_d.clone())
+    return ClassEmbeddings(f_r, f_d, torch.tensor(classes["class_id"].to_numpy().tolist(), dtype=torch.int64))
+
+
+def write_embeddings(path, emb, metadata=None):
+    """Write f_r, f_d, class_ids to ``path`` (safetensors) atomically."""
+    tensors = {"f_r": emb.f_r.contiguous(), "f_d": emb.f_d.contiguous(), "class_ids": emb.class_ids.contiguous()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return Path(path)
+
+
+def read_embeddings(path):
+    """Read a file written by :func:`write_embeddings` → :class:`ClassEmbeddings`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "run embeddings not found; run the `embeddings` rule first")
+    with safe_open(str(path), framework="pt") as fh:
+        missing = {"f_r", "f_d", "class_ids"} - set(fh.keys())
+        if missing:
+            raise InputError(path, f"embeddings file lacks tensors {sorted(missing)}; rebuild it")
+        return ClassEmbeddings(fh.get_tensor("f_r"), fh.get_tensor("f_d"), fh.get_tensor("class_ids"))
+
+
+def combine_embeddings(emb, ratio, rows):
+    """f_c = ratio·f_r + (1 − ratio)·f_d for the given rows: float32 [len(rows), 77, D]."""
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    return ratio * emb.f_r[rows] + (1.0 - ratio) * emb.f_d[rows]
+
+
+def build_run_embeddings(pretrained, classes_path, tokens, out_path):
+    """Compute and write a run's embeddings. ``tokens``: 'meta' or a path to trained tokens."""
+    from ..models.loading import load_components
+
+    comps = load_components(pretrained)
+    classes = read_classes(classes_path)
+    use_concept = tokens != "meta"
+    if use_concept:
+        vectors = load_token_vectors(tokens)
+        install_concept_tokens(comps.tokenizer, comps.text_encoder, classes, vectors, source=tokens)
+    emb = compute_class_embeddings(comps.tokenizer, comps.text_encoder, classes, use_concept)
+    log.info("embeddings for %d classes (%s) -> %s", len(classes), "concept+meta" if use_concept else "meta only",
+             out_path)
+    return write_embeddings(out_path, emb, {"tokens": tokens, "templates": len(TEMPLATES)})
+

@@ -1,0 +1,340 @@
+"""CAM extraction: the product's hot path (SPEC.md § Inference — CAMs).
+
+Per batch of test images: VAE-encode once (posterior sample with a per-image generator), one noise tensor
+per image (derived from (seed, image id), so results do not depend on batch size, sharding or order), then
+one UNet pass for all (timestep × prompt) pairs — the top-1 and ground-truth prompts, deduplicated — with
+capturing processors on the cross-attention layers that feed the CAM groups and an early exit after the
+last of them. Group maps are averaged over timesteps, heads and layers, resized bicubically to
+``cam_size``, averaged over groups and divided by their maximum. Class text embeddings come from the run's
+``embeddings.safetensors`` (computed once per run). Output: one CAM cache shard (docs/FORMATS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ..data.images import read_rgb
+from ..errors import GenprompError, InputError
+from ..io import resolve_inside
+from .cache import roles_for_mode, write_cam_shard
+from .capture import capture_cross_attention, combine_group_maps, groups_from_config, run_unet_capture
+from .embeddings import combine_embeddings, read_embeddings
+
+__all__ = [
+    "VARIANT_RE", "CamSettings", "ImageRecord", "parse_variant", "settings_from_config", "choose_device",
+    "image_generator", "load_test_image", "TestImages", "iter_batches", "encode_latents_and_noise",
+    "plan_prompts", "compute_pair_cams", "extract_cams", "shard_records", "read_top5", "extract_shard",
+    "register_cli",
+]
+
+log = logging.getLogger(__name__)
+
+VARIANT_RE = re.compile(r"^(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9.]+)_t(?P<ts>[0-9-]+)$")
+_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """Everything that changes the maps, plus how to compute them.
+
+    resolution: test image side (px); timesteps: tuple of int; cam_size: stored map side; groups: tuple of
+    CamGroup; token_index: class-word position; mode: gtk | top1 | top5; ratio: w; seed: global seed;
+    batch_size: images per batch; max_pairs: (image, class) prompts per UNet call (× timesteps);
+    mixed_precision: "no" | "fp16" | "bf16" (GPU only); num_workers: loader processes (0 = thread);
+    early_exit: stop the UNet after the last needed layer.
+    """
+
+    resolution: int
+    timesteps: tuple
+    cam_size: int
+    groups: tuple
+    token_index: int
+    mode: str = "top1"
+    ratio: float = 0.6
+    seed: int = 0
+    batch_size: int = 8
+    max_pairs: int = 16
+    mixed_precision: str = "no"
+    num_workers: int = 0
+    early_exit: bool = True
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One test image: id, absolute path, 0-based label, classifier top-5 ids (or None for gtk)."""
+
+    image_id: str
+    path: str
+    label: int
+    top5: tuple | None = None
+
+
+def parse_variant(name):
+    """``top1_w0.60_t0-99`` → (mode, ratio, timesteps tuple); GenprompError for another shape."""
+    m = VARIANT_RE.match(name)
+    if not m:
+        raise GenprompError(f"variant {name!r} is not <gtk|top1|top5>_w<ratio>_t<t1>-<t2>… (e.g. top1_w0.60_t0-99)")
+    return m["mode"], float(m["ratio"]), tuple(int(t) for t in m["ts"].split("-") if t)
+
+
+def settings_from_config(config, mode, ratio, timesteps, token_index):
+    """CamSettings from a validated config dict (``test`` and ``compute`` sections)."""
+    test = config["test"]
+    return CamSettings(
+        resolution=int(test["resolution"]), timesteps=tuple(int(t) for t in timesteps),
+        cam_size=int(test["cam_size"]), groups=groups_from_config(test["cam_groups"]), token_index=int(token_index),
+        mode=mode, ratio=float(ratio), seed=int(config["seed"]), batch_size=int(test["batch_size"]),
+        max_pairs=2 * int(test["batch_size"]), mixed_precision=config["compute"]["mixed_precision"],
+        num_workers=int(config["compute"]["num_workers"]),
+    )
+
+
+def choose_device(mixed_precision="no"):
+    """(device, dtype): the first CUDA device when available, else CPU; mixed precision on GPU only."""
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    dtype = _DTYPES[mixed_precision] if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+def image_generator(seed, image_id):
+    """A CPU torch.Generator seeded from sha256(seed, image_id): the image's private random stream."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{image_id}".encode()).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def load_test_image(path, resolution):
+    """Decode an image, resize bicubically to ``resolution`` square (no crop) → float32 [3, R, R] in [-1, 1]."""
+    im = Image.fromarray(read_rgb(path)).resize((resolution, resolution), Image.BICUBIC)
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+class TestImages(torch.utils.data.Dataset):
+    """Dataset over ImageRecords → (position, pixels float32 [3, R, R])."""
+
+    def __init__(self, records, resolution):
+        self.records, self.resolution = list(records), int(resolution)
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return i, load_test_image(self.records[i].path, self.resolution)
+
+
+def _prefetch(iterable, depth=2):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead (decode overlaps compute)."""
+    q, done = queue.Queue(maxsize=depth), object()
+
+    def work():
+        try:
+            for item in iterable:
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def iter_batches(records, resolution, batch_size, num_workers=0):
+    """Yield (positions int64 [B], pixels float32 [B, 3, R, R]) in record order, decoded ahead of use."""
+    loader = torch.utils.data.DataLoader(TestImages(records, resolution), batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers, persistent_workers=False)
+    return iter(loader) if num_workers > 0 else _prefetch(loader)
+
+
+@torch.no_grad()
+def encode_latents_and_noise(vae, pixels, image_ids, seed):
+    """Latents = posterior sample × scaling factor, and the add_noise noise, both float32 [B, 4, h, w].
+
+    Each image's posterior ε and noise are drawn (in that order) from :func:`image_generator`, on CPU, so
+    they do not depend on the device, the batch or its order.
+    """
+    dist = vae.encode(pixels).latent_dist
+    shape = tuple(dist.mean.shape[1:])
+    eps, noise = [], []
+    for iid in image_ids:
+        g = image_generator(seed, iid)
+        eps.append(torch.randn(shape, generator=g))
+        noise.append(torch.randn(shape, generator=g))
+    eps = torch.stack(eps).to(dist.mean.device, torch.float32)
+    latents = (dist.mean.float() + dist.std.float() * eps) * vae.config.scaling_factor
+    return latents, torch.stack(noise).to(latents.device)
+
+
+def plan_prompts(mode, labels, top5=None):
+    """Slots and deduplicated (image, class) prompts of a batch.
+
+    labels: int [B]; top5: int [B, 5] (not needed for gtk). Returns (slot_classes int64 [B, K],
+    pairs int64 [P, 2] of (image position, class id), slot_pair int64 [B, K] = pair index of each slot).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if mode == "gtk":
+        slots = labels[:, None]
+    else:
+        if top5 is None:
+            raise GenprompError(f"mode {mode} needs classifier top-5 ids")
+        top5 = np.asarray(top5, dtype=np.int64)
+        slots = np.concatenate([top5[:, :1] if mode == "top1" else top5[:, :5], labels[:, None]], axis=1)
+    pair_of, pairs = {}, []
+    slot_pair = np.empty_like(slots)
+    for b in range(slots.shape[0]):
+        for k in range(slots.shape[1]):
+            key = (b, int(slots[b, k]))
+            if key not in pair_of:
+                pair_of[key] = len(pairs)
+                pairs.append(key)
+            slot_pair[b, k] = pair_of[key]
+    return slots, np.asarray(pairs, dtype=np.int64).reshape(-1, 2), slot_pair
+
+
+@torch.no_grad()
+def compute_pair_cams(unet, scheduler, latents, noise, cond, pair_image, settings, dtype=torch.float32):
+    """CAMs of P prompts: float32 [P, S, S] (S = settings.cam_size), each max-normalised, clamped ≥ 0.
+
+    latents, noise: float32 [B, 4, h, w]; cond: float32 [P, 77, D] (f_c per prompt); pair_image: int64 [P]
+    (image position of each prompt). All timesteps of a chunk of ≤ max_pairs prompts go through one UNet
+    call of batch T × chunk.
+    """
+    device = latents.device
+    latent_hw = tuple(latents.shape[-2:])
+    ts = torch.as_tensor(settings.timesteps, dtype=torch.long, device=device)
+    n_t, out = len(ts), []
+    with capture_cross_attention(unet, settings.token_index, settings.groups, latent_hw,
+                                 early_exit=settings.early_exit) as store:
+        for start in range(0, len(pair_image), settings.max_pairs):
+            idx = torch.as_tensor(pair_image[start:start + settings.max_pairs], dtype=torch.long, device=device)
+            p = len(idx)
+            t_all = ts.repeat_interleave(p)
+            x = scheduler.add_noise(latents[idx].repeat(n_t, 1, 1, 1), noise[idx].repeat(n_t, 1, 1, 1), t_all)
+            c = cond[start:start + p].to(device, dtype).repeat(n_t, 1, 1)
+            store.reset()
+            run_unet_capture(unet, x.to(dtype), t_all, c)
+            maps = {k: v.view(n_t, p, *v.shape[1:]).mean(dim=0) for k, v in store.group_maps().items()}
+            out.append(combine_group_maps(maps, settings.cam_size).clamp_min(0))
+    return torch.cat(out)
+
+
+def extract_cams(comps, emb, records, settings, device=None, dtype=None, progress=None):
+    """CAMs of ``records`` (list of ImageRecord) → (image_ids [N], class_ids int32 [N, K], cams float32 [N,K,S,S]).
+
+    comps: SDComponents (vae, unet, scheduler used); emb: ClassEmbeddings of the run.
+    """
+    if device is None:
+        device, dtype = choose_device(settings.mixed_precision)
+    vae, unet = comps.vae.to(device, dtype), comps.unet.to(device, dtype)
+    records = list(records)
+    all_slots, all_cams = [], []
+    for positions, pixels in iter_batches(records, settings.resolution, settings.batch_size, settings.num_workers):
+        batch = [records[int(i)] for i in positions]
+        latents, noise = encode_latents_and_noise(vae, pixels.to(device, dtype), [r.image_id for r in batch],
+                                                  settings.seed)
+        slots, pairs, slot_pair = plan_prompts(settings.mode, [r.label for r in batch],
+                                               None if settings.mode == "gtk" else [r.top5 for r in batch])
+        cond = combine_embeddings(emb, settings.ratio, emb.rows(pairs[:, 1]))
+        cams = compute_pair_cams(unet, comps.scheduler, latents, noise, cond, pairs[:, 0], settings, dtype)
+        all_slots.append(slots)
+        all_cams.append(cams.cpu()[torch.from_numpy(slot_pair)].numpy())
+        if progress:
+            progress(len(batch))
+    k = len(roles_for_mode(settings.mode))
+    s = settings.cam_size
+    ids = np.asarray([r.image_id for r in records], dtype=str)
+    if not records:
+        return ids, np.zeros((0, k), np.int32), np.zeros((0, k, s, s), np.float32)
+    return ids, np.concatenate(all_slots).astype(np.int32), np.concatenate(all_cams)
+
+
+def read_top5(scores_path):
+    """{image_id: top5 class ids tuple} from a scores parquet (docs/FORMATS.md § Classifier scores)."""
+    df = pd.read_parquet(scores_path, columns=["image_id", "top5_ids"])
+    return {str(i): tuple(int(c) for c in t) for i, t in zip(df["image_id"], df["top5_ids"])}
+
+
+def shard_records(index_path, dataset_root, shard, shard_size, top5=None):
+    """ImageRecords of shard ``shard``: rows [shard·size, (shard+1)·size) of the test index, in order."""
+    df = pd.read_parquet(index_path, columns=["image_id", "path", "label"])
+    lo = int(shard) * int(shard_size)
+    if lo >= len(df) and len(df):
+        raise GenprompError(f"{index_path}: shard {shard} starts at row {lo} but the index has {len(df)} rows")
+    part = df.iloc[lo:lo + int(shard_size)]
+    records = []
+    for n, (iid, path, label) in enumerate(zip(part["image_id"], part["path"], part["label"])):
+        tp = None
+        if top5 is not None:
+            if iid not in top5:
+                raise InputError(index_path, f"image {iid!r} has no classifier scores; import scores for every "
+                                             "test image", lo + n)
+            tp = top5[iid]
+        records.append(ImageRecord(str(iid), str(resolve_inside(dataset_root, path, index_path, lo + n)),
+                                   int(label), tp))
+    return records
+
+
+def extract_shard(config, dataset, variant, shard, index_path, embeddings_path, out_path, unet_path=None,
+                  scores_path=None):
+    """Extract one CAM cache shard for ``dataset``/``variant`` and write it atomically. Returns the path.
+
+    config: validated config dict; unet_path: UNet folder (None = the pretrained one); scores_path:
+    classifier scores parquet (needed for top1/top5).
+    """
+    from ..models.loading import load_components
+    from ..prompts import token_index
+
+    mode, ratio, timesteps = parse_variant(variant)
+    if mode != "gtk" and scores_path is None:
+        raise GenprompError(f"variant {variant}: mode {mode} needs classifier scores (datasets.{dataset}.classifier)")
+    comps = load_components(config["pretrained"], unet_path=unet_path)
+    settings = settings_from_config(config, mode, ratio, timesteps, token_index(comps.tokenizer))
+    top5 = read_top5(scores_path) if mode != "gtk" else None
+    records = shard_records(index_path, config["datasets"][dataset]["root"], shard,
+                            config["test"]["shard_size"], top5)
+    emb = read_embeddings(embeddings_path)
+    start = time.perf_counter()
+    ids, class_ids, cams = extract_cams(comps, emb, records, settings)
+    log.info("shard %s: %d images in %.1f s", shard, len(ids), time.perf_counter() - start)
+    return write_cam_shard(out_path, ids, class_ids, cams)
+
+
+def _run_cli(args):
+    from ..config import load_config
+
+    config = load_config(args.config)
+    extract_shard(config, args.dataset, args.variant, args.shard, args.index, args.embeddings, args.out,
+                  unet_path=args.unet, scores_path=args.scores)
+
+
+def register_cli(sub):
+    p = sub.add_parser("extract-cams", help="extract one shard of cross-attention CAMs into the CAM cache",
+                       description="Compute GenPromp CAMs for test images [shard*shard_size, (shard+1)*shard_size) "
+                                   "of a dataset and write shard-<k>.npz (docs/FORMATS.md § CAM cache).")
+    p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (validated)")
+    p.add_argument("--dataset", required=True, help="dataset name (a key of `datasets` in the config)")
+    p.add_argument("--variant", required=True, help="variant name <mode>_w<ratio>_t<t1>-<t2>, e.g. top1_w0.60_t0-99")
+    p.add_argument("--shard", type=int, required=True, help="shard number k (0-based block of test.shard_size images)")
+    p.add_argument("--index", required=True, help="test index parquet (results/<dataset>/index/test.parquet)")
+    p.add_argument("--embeddings", required=True, help="run embeddings (results/<dataset>/<run>/embeddings.safetensors)")
+    p.add_argument("--unet", default=None, help="UNet folder in diffusers layout (default: <pretrained>/unet)")
+    p.add_argument("--scores", default=None, help="classifier scores parquet (required for top1/top5)")
+    p.add_argument("--out", required=True, help="output shard path .../shard-<k:05d>.npz")
+    p.set_defaults(func=_run_cli)

@@ -1,0 +1,261 @@
+"""Localization metrics as small pure functions (SPEC § Evaluation, both protocols).
+
+Conventions used throughout:
+
+- Boxes are ``[x1, y1, x2, y2]`` integer pixel coordinates in an evaluation frame, **inclusive**:
+  a box covers columns x1..x2 and rows y1..y2, so its area is (x2 − x1 + 1)(y2 − y1 + 1).
+- CAMs are float arrays [H, W] (any non-negative scale); "u8" maps are uint8 [F, F].
+- A threshold ``thr`` in [0, 1] is applied as the integer ``int(thr · max(u8))`` and keeps the
+  pixels strictly above it (both THRESH_TOZERO and THRESH_BINARY do).
+
+Nothing here prints, plots or writes files.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "TSCAM_FALLBACK_BOX", "WSOL_FALLBACK_BOX", "ERROR_CATEGORIES",
+    "normalize_minmax", "resize_cam", "cam_to_uint8", "prepare_cam",
+    "scale_boxes_tscam", "scale_boxes_wsol", "box_iou_matrix", "best_iou",
+    "integer_threshold", "find_contours_above", "tscam_box", "wsol_boxes",
+    "classify_top1_error", "box_acc_curve", "max_box_acc",
+    "center_gaussian_cam", "full_image_box", "threshold_list",
+]
+
+TSCAM_FALLBACK_BOX = (0, 0, 1, 1)
+WSOL_FALLBACK_BOX = (0, 0, 0, 0)
+ERROR_CATEGORIES = ("Cls", "M-ins", "Part", "More", "Wrong", "Right")
+
+
+def threshold_list(start, stop, step):
+    """Sweep thresholds ``np.arange(start, stop, step)`` as float64 [T] (wsolevaluation's list)."""
+    return np.arange(start, stop, step, dtype=np.float64)
+
+
+def normalize_minmax(cam):
+    """Min-max normalise to [0, 1] (float32, same shape); a constant map or one with a NaN → zeros."""
+    cam = np.asarray(cam, dtype=np.float32)
+    if np.isnan(cam).any():
+        return np.zeros_like(cam)
+    lo, hi = float(cam.min()), float(cam.max())
+    if hi == lo:
+        return np.zeros_like(cam)
+    return ((cam - lo) / (hi - lo)).astype(np.float32)
+
+
+def resize_cam(cam, frame, interpolation):
+    """Resize a CAM [H, W] to float32 [frame, frame] with a cv2 interpolation flag."""
+    return cv2.resize(np.asarray(cam, dtype=np.float32), (int(frame), int(frame)), interpolation=interpolation)
+
+
+def cam_to_uint8(cam01):
+    """``(cam · 255).astype(uint8)`` of a map in [0, 1] (truncation, as the references do)."""
+    return (np.asarray(cam01, dtype=np.float32) * 255).astype(np.uint8)
+
+
+def prepare_cam(cam, frame, interpolation):
+    """Resize, min-max normalise and quantise: CAM [H, W] → uint8 [frame, frame].
+
+    TS-CAM protocol: ``interpolation=cv2.INTER_LINEAR``, frame 512; wsolevaluation: ``cv2.INTER_CUBIC``, 224.
+    """
+    return cam_to_uint8(normalize_minmax(resize_cam(cam, frame, interpolation)))
+
+
+def scale_boxes_tscam(boxes, width, height, frame):
+    """Map original-pixel GT boxes [G, 4] to the TS-CAM frame: int64 [G, 4].
+
+    x1' = int(max(x1 / W · F, 0)), x2' = int(min(x2 / W · F, F − 1)); y likewise with H.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    sx, sy = frame / float(width), frame / float(height)
+    out = np.stack([np.maximum(b[:, 0] * sx, 0), np.maximum(b[:, 1] * sy, 0),
+                    np.minimum(b[:, 2] * sx, frame - 1), np.minimum(b[:, 3] * sy, frame - 1)], axis=1)
+    return np.trunc(out).astype(np.int64)
+
+
+def scale_boxes_wsol(boxes, width, height, frame):
+    """Rescale original-pixel GT boxes [G, 4] to the wsol frame by int truncation: int64 [G, 4]."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scale = np.array([frame / float(width), frame / float(height)] * 2)
+    return np.trunc(b * scale).astype(np.int64)
+
+
+def box_iou_matrix(a, b):
+    """Inclusive IoU of every box in ``a`` [A, 4] with every box in ``b`` [B, 4]: float64 [A, B].
+
+    Pixels count inclusively (+1). A pair whose union is ≤ 0 (degenerate boxes) has IoU 0.
+    """
+    a = np.asarray(a, dtype=np.int64).reshape(-1, 1, 4)
+    b = np.asarray(b, dtype=np.int64).reshape(1, -1, 4)
+    iw = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    ih = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    union = area_a + area_b - inter
+    ok = union > 0
+    return np.where(ok, inter / np.where(ok, union, 1), 0.0)
+
+
+def best_iou(boxes, gt_boxes):
+    """Max inclusive IoU over all pairs of ``boxes`` [B, 4] × ``gt_boxes`` [G, 4] (float; 0 if empty)."""
+    m = box_iou_matrix(boxes, gt_boxes)
+    return float(m.max()) if m.size else 0.0
+
+
+def integer_threshold(u8, thr):
+    """The integer cut ``int(thr · max(u8))``; pixels strictly above it are foreground."""
+    return int(thr * int(u8.max()))
+
+
+def find_contours_above(u8, cut):
+    """Contours (RETR_TREE, CHAIN_APPROX_SIMPLE) of the mask ``u8 > cut`` (uint8 [F, F] input)."""
+    _, mask = cv2.threshold(u8, cut, 255, cv2.THRESH_BINARY)
+    return cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+
+
+def tscam_box(u8, thr):
+    """TS-CAM box of a uint8 map: THRESH_TOZERO at int(thr·max), largest contour's bounding rect.
+
+    Returns ``[x, y, x + w, y + h]`` (not clipped; int) or ``[0, 0, 1, 1]`` when no contour exists.
+    """
+    _, kept = cv2.threshold(u8, integer_threshold(u8, thr), 255, cv2.THRESH_TOZERO)
+    contours = cv2.findContours(kept, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if len(contours) == 0:
+        return list(TSCAM_FALLBACK_BOX)
+    x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+    return [x, y, x + w, y + h]
+
+
+def wsol_boxes(u8, thr, multi_contour):
+    """wsolevaluation boxes of a uint8 map at ``thr``: int64 [B, 4].
+
+    THRESH_BINARY at int(thr·max); boxes of all contours (``multi_contour``, V2) or of the largest
+    by contourArea (V1); x2, y2 clipped to size − 1; no contour → ``[[0, 0, 0, 0]]``.
+    """
+    height, width = u8.shape
+    contours = find_contours_above(u8, integer_threshold(u8, thr))
+    if len(contours) == 0:
+        return np.array([WSOL_FALLBACK_BOX], dtype=np.int64)
+    if not multi_contour:
+        contours = [max(contours, key=cv2.contourArea)]
+    boxes = []
+    for c in contours:
+        x, y, w, h = cv2.boundingRect(c)
+        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+    return np.array(boxes, dtype=np.int64)
+
+
+def _intersection(box, gt_boxes):
+    b = np.asarray(box, dtype=np.int64).reshape(1, 4)
+    g = np.asarray(gt_boxes, dtype=np.int64).reshape(-1, 4)
+    iw = np.maximum(0, np.minimum(b[:, 2], g[:, 2]) - np.maximum(b[:, 0], g[:, 0]) + 1)
+    ih = np.maximum(0, np.minimum(b[:, 3], g[:, 3]) - np.maximum(b[:, 1], g[:, 1]) + 1)
+    return iw * ih
+
+
+def classify_top1_error(class_correct, box, gt_boxes):
+    """Top-1 error category of one image (SPEC § Evaluation), checked in this order:
+
+    ``Cls`` wrong top-1 class; ``Right`` IoU > 0.5 (best GT); ``M-ins`` ≥ 2 GT boxes and more than one
+    of them has > 0.3 of its area inside the box; ``Part`` intersection / box area > 0.5 w.r.t. the
+    best-IoU GT; ``More`` intersection / that GT's area ≥ 0.7; ``Wrong`` otherwise.
+    box: [4] int, gt_boxes: [G, 4] int, inclusive pixel areas.
+    """
+    if not class_correct:
+        return "Cls"
+    g = np.asarray(gt_boxes, dtype=np.int64).reshape(-1, 4)
+    ious = box_iou_matrix(box, g)[0]
+    if ious.max() > 0.5:
+        return "Right"
+    inter = _intersection(box, g)
+    gt_area = (g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1)
+    if len(g) > 1 and int((inter / gt_area > 0.3).sum()) > 1:
+        return "M-ins"
+    best = int(np.argmax(ious))
+    box_area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+    if box_area > 0 and inter[best] / box_area > 0.5:
+        return "Part"
+    if inter[best] / gt_area[best] >= 0.7:
+        return "More"
+    return "Wrong"
+
+
+def box_acc_curve(best_ious, delta):
+    """% of images whose best IoU ≥ ``delta`` at each threshold: best_ious [N, T] → float64 [T]."""
+    best_ious = np.asarray(best_ious, dtype=np.float64)
+    if best_ious.shape[0] == 0:
+        return np.zeros(best_ious.shape[1])
+    return (best_ious >= delta).mean(axis=0) * 100.0
+
+
+def max_box_acc(best_ious, deltas):
+    """MaxBoxAcc per δ and MaxBoxAccV2 (their mean), τ chosen per δ.
+
+    best_ious: [N, T] best IoU of image n at threshold index t. Returns
+    ``(acc {δ: %}, best_index {δ: t}, mean %)``; the first maximising index wins ties.
+    """
+    acc, idx = {}, {}
+    for d in deltas:
+        curve = box_acc_curve(best_ious, d)
+        idx[float(d)] = int(np.argmax(curve))
+        acc[float(d)] = float(curve.max())
+    return acc, idx, float(np.mean(list(acc.values())))
+
+
+def center_gaussian_cam(size, sigma_fraction=0.25):
+    """Center-Gaussian baseline map (Choe et al. CVPR'20): isotropic Gaussian at the centre, float32 [size, size].
+
+    sigma = sigma_fraction · size. Put through a protocol's threshold sweep it yields centred boxes
+    of every size, i.e. "a box covering the image centre".
+    """
+    c = (size - 1) / 2.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    sigma = sigma_fraction * size
+    return np.exp(-((xx - c) ** 2 + (yy - c) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+
+
+def full_image_box(frame):
+    """Full-image baseline box in a frame of side ``frame``: ``[0, 0, frame − 1, frame − 1]``."""
+    return [0, 0, int(frame) - 1, int(frame) - 1]
+
+
+def sweep_contour_rects(u8, cuts):
+    """Contour bounding rects of ``u8 > cut`` for many integer cuts, computed once per distinct mask.
+
+    u8: uint8 [F, F]; cuts: ints. Returns a list (one entry per cut) of ``(rects, largest)``:
+    rects int64 [B, 4] as (x, y, w, h) in frame coordinates, in findContours order (RETR_TREE,
+    CHAIN_APPROX_SIMPLE), and ``largest`` the index of the first contour of maximal contourArea
+    (−1 when there is none). Identical to calling :func:`find_contours_above` per cut: two cuts with
+    the same number of pixels above them give the same (nested) mask and share one call, and each
+    call runs on the mask's bounding crop (findContours pads with zeros, so contours only shift).
+    """
+    rowmax, colmax = u8.max(axis=1), u8.max(axis=0)
+    above = u8.size - np.cumsum(np.bincount(u8.ravel(), minlength=256))  # above[c] = #pixels > c
+    done, out = {}, []
+    for cut in cuts:
+        key = int(above[cut]) if cut < 256 else 0
+        if key not in done:
+            done[key] = _crop_contour_rects(u8, cut, rowmax, colmax) if key else (np.zeros((0, 4), np.int64), -1)
+        out.append(done[key])
+    return out
+
+
+def _crop_contour_rects(u8, cut, rowmax, colmax):
+    rows, cols = np.flatnonzero(rowmax > cut), np.flatnonzero(colmax > cut)
+    r0, c0 = int(rows[0]), int(cols[0])
+    crop = u8[r0:int(rows[-1]) + 1, c0:int(cols[-1]) + 1]
+    contours = find_contours_above(np.ascontiguousarray(crop), cut)
+    if len(contours) == 0:
+        return np.zeros((0, 4), np.int64), -1
+    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64)
+    rects[:, 0] += c0
+    rects[:, 1] += r0
+    largest = int(np.argmax([cv2.contourArea(c) for c in contours])) if len(contours) > 1 else 0
+    return rects, largest
+
+
+__all__ += ["sweep_contour_rects"]

@@ -1,0 +1,47 @@
+"""Figures for the paper tables (matplotlib, Agg backend). Each function writes one PNG atomically."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..io import atomic_path  # noqa: E402
+
+__all__ = ["plot_combine_ratio", "plot_threshold_curve"]
+
+
+def _save(fig, out):
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_combine_ratio(df, out):
+    """GT-known Loc and MaxBoxAccV2 (%) vs combine ratio w, one line per (dataset, run)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for (ds, run), g in df.sort_values("ratio").groupby(["dataset", "run"]):
+        for ax, col in zip(axes, ("gt_known", "max_box_acc_v2")):
+            ax.plot(g["ratio"], g[col], marker="o", label=f"{ds}/{run}")
+    for ax, title in zip(axes, ("GT-known Loc (%)", "MaxBoxAccV2 (%)")):
+        ax.set_xlabel("combine ratio w")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    _save(fig, out)
+
+
+def plot_threshold_curve(df, out):
+    """GT-known and Top-1 Loc (%) vs CAM threshold, one line per (dataset, run, variant)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, g in df.groupby(["dataset", "run", "variant"]):
+        for ax, col in zip(axes, ("gt_known", "top1_loc")):
+            if g[col].notna().any():
+                ax.plot(g["threshold"], g[col], label="/".join(key))
+    for ax, title in zip(axes, ("GT-known Loc (%)", "Top-1 Loc (%)")):
+        ax.set_xlabel("CAM threshold")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    _save(fig, out)

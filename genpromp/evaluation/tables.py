@@ -1,0 +1,173 @@
+"""Paper tables from evaluation summaries: CSV + Markdown (+ PNG figures via ``plots``).
+
+Every function takes summary JSON paths and a metadata dict ``{path: {dataset, run, variant, mode,
+ratio}}`` (the workflow's ``EVAL_META``); missing metadata is read from the summary itself.
+CLI: ``genpromp tables``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..io import atomic_path, write_text_atomic
+from .metrics import ERROR_CATEGORIES
+from .plots import plot_combine_ratio, plot_threshold_curve
+
+__all__ = [
+    "PAPER_NUMBERS", "load_summary", "main_table", "combine_ratio_table", "threshold_curve_table",
+    "error_breakdown_table", "to_markdown", "write_tables", "register_cli",
+]
+
+# SPEC § Paper numbers: Top-1 / Top-5 / GT-known Loc (%).
+PAPER_NUMBERS = {
+    "TS-CAM (DeiT-S)": {"CUB": (71.3, 83.8, 87.7), "ImageNet": (53.4, 64.3, 67.6)},
+    "BAS (ResNet50)": {"CUB": (77.3, 90.1, 95.1), "ImageNet": (57.2, 67.4, 71.8)},
+    "C²AM (DenseNet161 + EffNet-B7 cls)": {"CUB": (81.8, 91.1, 92.9), "ImageNet": (59.6, 67.1, 68.5)},
+    "GenPromp (SD-1.4 + EffNet-B7 cls)": {"CUB": (87.0, 96.1, 98.0), "ImageNet": (65.2, 73.4, 75.0)},
+}
+# SPEC § wsolevaluation: centre baseline MaxBoxAccV2.
+PAPER_CENTER_V2 = {"CUB": 59.7, "ImageNet": 52.5}
+
+
+def paper_family(dataset):
+    """'CUB' or 'ImageNet' for a dataset name (by its name; None if neither)."""
+    name = dataset.lower()
+    return "CUB" if "cub" in name else "ImageNet" if ("imagenet" in name or "ilsvrc" in name) else None
+
+
+def load_summary(path, meta=None):
+    """Read a summary JSON and merge the metadata (meta wins); raise InputError if unreadable."""
+    try:
+        s = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read evaluation summary ({exc}); re-run `genpromp evaluate`") from exc
+    m = dict((meta or {}).get(str(path), {}))
+    for key in ("dataset", "run", "variant", "mode", "ratio", "baseline"):
+        m.setdefault(key, s.get(key))
+    if m.get("dataset") is None:
+        raise InputError(path, "summary has no dataset and none was given in the metadata")
+    return s, m
+
+
+def _v2(s):
+    return s.get("wsol", {}).get("v2", {}).get("mean")
+
+
+def main_table(paths, meta=None, baseline_paths=()):
+    """Top-1 / Top-5 / GT-known Loc and MaxBoxAccV2 per dataset and run, baselines, and paper rows."""
+    rows, families = [], []
+    for p in paths:
+        s, m = load_summary(p, meta)
+        ts = s["tscam"]
+        rows.append({"source": "ours", "dataset": m["dataset"], "run": m["run"], "variant": m["variant"],
+                     "method": "GenPromp (ours)", "top1_loc": ts["top1_loc"], "top5_loc": ts["top5_loc"],
+                     "gt_known": ts["gt_known"], "max_box_acc_v2": _v2(s)})
+        families.append(paper_family(m["dataset"]))
+    for p in baseline_paths:
+        s, m = load_summary(p, meta)
+        ts = s["tscam"]
+        rows.append({"source": "baseline", "dataset": m["dataset"], "run": None, "variant": None,
+                     "method": f"{m.get('baseline') or 'baseline'} box", "top1_loc": ts["top1_loc"],
+                     "top5_loc": ts["top5_loc"], "gt_known": ts["gt_known"], "max_box_acc_v2": _v2(s)})
+    for fam in dict.fromkeys(f for f in families if f):
+        for method, nums in PAPER_NUMBERS.items():
+            t1, t5, gk = nums[fam]
+            rows.append({"source": "paper", "dataset": fam, "run": None, "variant": None, "method": method,
+                         "top1_loc": t1, "top5_loc": t5, "gt_known": gk, "max_box_acc_v2": None})
+        rows.append({"source": "paper", "dataset": fam, "run": None, "variant": None, "method": "center baseline",
+                     "top1_loc": None, "top5_loc": None, "gt_known": None, "max_box_acc_v2": PAPER_CENTER_V2[fam]})
+    return pd.DataFrame(rows)
+
+
+def combine_ratio_table(paths, meta=None):
+    """GT-known Loc and MaxBoxAccV2 vs combine ratio w (ablation variants)."""
+    rows = []
+    for p in paths:
+        s, m = load_summary(p, meta)
+        rows.append({"dataset": m["dataset"], "run": m["run"], "variant": m["variant"],
+                     "ratio": float(m["ratio"]) if m.get("ratio") is not None else np.nan,
+                     "gt_known": s["tscam"]["gt_known"], "max_box_acc_v2": _v2(s)})
+    return pd.DataFrame(rows).sort_values(["dataset", "run", "ratio"]).reset_index(drop=True)
+
+
+def threshold_curve_table(paths, meta=None):
+    """Long table: GT-known and Top-1 Loc (%) per threshold for each summary (TS-CAM protocol)."""
+    rows = []
+    for p in paths:
+        s, m = load_summary(p, meta)
+        curve = s["tscam"].get("curve", {})
+        thr = s["thresholds"]
+        for i, t in enumerate(thr):
+            rows.append({"dataset": m["dataset"], "run": m["run"], "variant": m["variant"], "threshold": t,
+                         "gt_known": curve["gt_known"][i] if "gt_known" in curve else None,
+                         "top1_loc": curve["top1_loc"][i] if "top1_loc" in curve else None})
+    return pd.DataFrame(rows)
+
+
+def error_breakdown_table(paths, meta=None):
+    """Top-1 error breakdown (%) per summary that has classifier scores."""
+    rows = []
+    for p in paths:
+        s, m = load_summary(p, meta)
+        eb = s["tscam"].get("error_breakdown")
+        if eb:
+            rows.append({"dataset": m["dataset"], "run": m["run"], "variant": m["variant"],
+                         **{c: eb[c] for c in ERROR_CATEGORIES}})
+    return pd.DataFrame(rows, columns=["dataset", "run", "variant", *ERROR_CATEGORIES])
+
+
+def to_markdown(df, digits=1):
+    """A GitHub Markdown table; floats with ``digits`` decimals, missing values as '–'."""
+    def fmt(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "–"
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(df, path):
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def write_tables(out_dir, eval_paths, ablation_paths=(), baseline_paths=(), meta=None):
+    """Write main, combine_ratio, threshold_curve and error_breakdown tables/figures under ``out_dir``."""
+    out = Path(out_dir)
+    main = main_table(eval_paths, meta, baseline_paths)
+    _write_csv(main, out / "main.csv")
+    write_text_atomic(out / "main.md", "Localization (%) — rows with source 'paper' are the published numbers "
+                                       "(SPEC); 'ours' and 'baseline' are measured here.\n\n" + to_markdown(main))
+    ratio = combine_ratio_table(ablation_paths, meta) if ablation_paths else pd.DataFrame(
+        columns=["dataset", "run", "variant", "ratio", "gt_known", "max_box_acc_v2"])
+    _write_csv(ratio, out / "combine_ratio.csv")
+    write_text_atomic(out / "combine_ratio.md", to_markdown(ratio))
+    plot_combine_ratio(ratio, out / "combine_ratio.png")
+    curve = threshold_curve_table(eval_paths, meta)
+    _write_csv(curve, out / "threshold_curve.csv")
+    plot_threshold_curve(curve, out / "threshold_curve.png")
+    eb = error_breakdown_table(eval_paths, meta)
+    _write_csv(eb, out / "error_breakdown.csv")
+    write_text_atomic(out / "error_breakdown.md", to_markdown(eb))
+
+
+def _cli(args):
+    write_tables(args.out, args.summaries, args.ablation or (), args.baselines or ())
+
+
+def register_cli(subparsers):
+    p = subparsers.add_parser("tables", help="paper tables (CSV, Markdown, PNG) from evaluation summaries",
+                              description="Build results/tables/{main,combine_ratio,threshold_curve,error_breakdown} "
+                                          "from summary.json files written by `genpromp evaluate`. Dataset, run, "
+                                          "variant and ratio are read from each summary.")
+    p.add_argument("--summaries", nargs="+", required=True, help="summary.json of the main variants")
+    p.add_argument("--ablation", nargs="*", help="summary.json of the combine-ratio sweep variants")
+    p.add_argument("--baselines", nargs="*", help="summary.json of the centre / full-image baselines")
+    p.add_argument("--out", default="results/tables", help="output folder")
+    p.set_defaults(func=_cli)

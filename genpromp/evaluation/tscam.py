@@ -1,0 +1,48 @@
+"""TS-CAM / GenPromp evaluation protocol for one image (SPEC § Evaluation, "TS-CAM style").
+
+CAM → bilinear resize to the frame (512) → min-max → uint8 → THRESH_TOZERO at int(thr·max) →
+largest contour's bounding rect ``[x, y, x+w, y+h]`` (fallback ``[0, 0, 1, 1]``) → inclusive IoU,
+max over GT boxes. Boxes are x1y1x2y2 in frame pixels, inclusive.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .metrics import (
+    TSCAM_FALLBACK_BOX, box_iou_matrix, integer_threshold, prepare_cam, sweep_contour_rects, tscam_box,
+)
+
+__all__ = ["prepare_tscam_cam", "tscam_sweep_boxes", "tscam_sweep_boxes_reference", "tscam_sweep_ious"]
+
+
+def prepare_tscam_cam(cam, frame):
+    """CAM [H, W] → uint8 [frame, frame] (bilinear resize, min-max, ×255 truncated)."""
+    return prepare_cam(cam, frame, cv2.INTER_LINEAR)
+
+
+def tscam_sweep_boxes(u8, thresholds):
+    """TS-CAM boxes at every threshold in one pass: int64 [T, 4] (x1y1x2y2, inclusive, unclipped).
+
+    Equal to ``[tscam_box(u8, t) for t in thresholds]`` (see :func:`tscam_sweep_boxes_reference`).
+    """
+    cuts = [integer_threshold(u8, t) for t in thresholds]
+    boxes = np.empty((len(cuts), 4), dtype=np.int64)
+    for i, (rects, largest) in enumerate(sweep_contour_rects(u8, cuts)):
+        if largest < 0:
+            boxes[i] = TSCAM_FALLBACK_BOX
+        else:
+            x, y, w, h = rects[largest]
+            boxes[i] = (x, y, x + w, y + h)
+    return boxes
+
+
+def tscam_sweep_boxes_reference(u8, thresholds):
+    """Straightforward per-threshold loop (the reference the fast sweep must equal): int64 [T, 4]."""
+    return np.array([tscam_box(u8, t) for t in thresholds], dtype=np.int64).reshape(-1, 4)
+
+
+def tscam_sweep_ious(boxes, gt_boxes):
+    """Best inclusive IoU of each box [T, 4] over the GT boxes [G, 4]: float64 [T]."""
+    return box_iou_matrix(boxes, gt_boxes).max(axis=1)

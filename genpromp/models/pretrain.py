@@ -1,0 +1,583 @@
+"""Pretrain the tiny SD-1.4-topology model on the captioned demo corpus (the demo's stand-in for SD-1.4).
+
+Two phases, deterministic for a seed:
+
+1. **VAE** (``AutoencoderKL``, 8x, 4 latent channels) for reconstruction: MSE + ``kl_weight`` · KL on
+   random ``vae_crop``-pixel crops (the VAE is fully convolutional, so it is trained on crops and used
+   on whole images). Afterwards the whole corpus is encoded once; the std of the sampled latents sets
+   ``vae.config.scaling_factor = 1 / std`` so that scaled latents have unit variance — the way SD's
+   0.18215 was derived.
+2. **UNet + text encoder** jointly, for text-conditioned denoising: epsilon prediction on the SD
+   DDPM schedule (scaled_linear, 1000 steps); timesteps uniform in [0, 1000) except a share
+   ``small_t_fraction`` drawn from [0, ``small_t_max``) (GenPromp reads attention at t ∈ {0, 99});
+   captions dropped (→ "") with ``caption_dropout`` (for guidance in the sample grid), single words
+   dropped with ``word_dropout`` and a leading "a photo of a" / "a" replaced by one of the seven
+   GenPromp templates' prefixes with ``template_prob`` (so every template prefix and short captions
+   such as "a photo of a triangle" are seen in training). Latents are drawn from the stored posterior
+   (mean, std) of each image and of its horizontal mirror, so the VAE never runs in this phase.
+
+Afterwards :func:`attention_localization_score` measures what GenPromp needs from the model: on
+freshly rendered single-object probe images (``genpromp.data.synth.render_scene``, the demo dataset's
+distribution, non-square, resized to ``resolution``), the cross-attention map at the class word of
+"a photo of a {word}" (token index from the templates), from the same layer groups, timesteps, map size
+and TS-CAM box rule as the CAM stage, against the true box. It is reported per candidate meta word
+(the shape noun, the colour, generic words such as "shape").
+
+Outputs: the model folder (diffusers layout, loadable by ``genpromp.models.loading.load_components``),
+a loss log CSV (``phase, step, loss, mse, kl, lr, seconds``), a sample grid PNG (rows: probe-free
+held-out corpus images, their VAE reconstructions, samples generated from their captions) and a JSON
+with the localization diagnostic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import GenprompError, InputError
+from ..io import atomic_path, resolve_inside, write_text_atomic
+from ..prompts import TEMPLATES, token_index, tokenize
+from .tiny import create_tiny_components, save_components
+
+__all__ = [
+    "PretrainSettings", "CorpusItem", "read_corpus", "load_corpus_images", "train_vae",
+    "encode_posteriors", "scale_from_posteriors", "augment_caption", "train_denoiser",
+    "render_probe_set", "attention_localization_score", "render_sample_grid", "pretrain_tiny",
+    "settings_from_config", "register_cli",
+]
+
+log = logging.getLogger(__name__)
+
+LOSS_COLUMNS = ("phase", "step", "loss", "mse", "kl", "lr", "seconds")
+# Caption openings that template augmentation may replace (longest first).
+_CAPTION_OPENINGS = ("a photo of a ", "a ")
+
+
+@dataclass
+class PretrainSettings:
+    """Everything that shapes the pretrained model; ``demo.tiny_model`` in the config.
+
+    resolution: square image size (latent = resolution / 8). Model widths as in ``build_tiny_model``.
+    """
+
+    resolution: int = 256
+    block_out_channels: tuple = (32, 64, 64, 64)
+    cross_attention_dim: int = 64
+    text_hidden_size: int = 64
+    text_layers: int = 2
+    heads: int = 4
+    vae_channels: tuple = (16, 32, 64, 64)
+    vae_steps: int = 300
+    vae_batch_size: int = 16
+    vae_crop: int = 64
+    vae_learning_rate: float = 1e-3
+    kl_weight: float = 1e-5
+    unet_steps: int = 600
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    warmup_steps: int = 20
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    caption_dropout: float = 0.1
+    word_dropout: float = 0.1
+    template_prob: float = 0.3
+    small_t_fraction: float = 0.25
+    small_t_max: int = 200
+    holdout: int = 16
+    probe_images: int = 48
+    probe_image_size: tuple = (160, 256)
+    probe_timesteps: tuple = (0, 99)
+    probe_cam_size: int = 64
+    probe_cam_thr: float = 0.23
+    probe_frame: int = 512
+    sample_steps: int = 25
+    guidance_scale: float = 3.0
+    seed: int = 0
+
+
+@dataclass
+class CorpusItem:
+    """One corpus row: image path (absolute), caption, union box [x1, y1, x2, y2] in pixels (x2 exclusive)."""
+
+    path: Path
+    caption: str
+    box: tuple
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus
+# ---------------------------------------------------------------------------------------------
+
+def read_corpus(root):
+    """Rows of ``<root>/captions.csv`` (columns file, caption, x1, y1, x2, y2) as CorpusItems."""
+    root = Path(root)
+    path = root / "captions.csv"
+    if not path.is_file():
+        raise InputError(path, "corpus caption table not found; generate it with `genpromp demo-world --what corpus`")
+    items = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"file", "caption", "x1", "y1", "x2", "y2"} - set(reader.fieldnames or [])
+        if missing:
+            raise InputError(path, f"missing columns {sorted(missing)}; expected file,caption,x1,y1,x2,y2", 1)
+        for line, row in enumerate(reader, start=2):
+            caption = (row["caption"] or "").strip()
+            if not caption:
+                raise InputError(path, "empty caption", line)
+            try:
+                box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
+            except (TypeError, ValueError):
+                raise InputError(path, "box columns x1,y1,x2,y2 must be numbers", line) from None
+            items.append(CorpusItem(resolve_inside(root, row["file"], path, line), caption, box))
+    if not items:
+        raise InputError(path, "the corpus has no rows")
+    return items
+
+
+def load_corpus_images(items, resolution):
+    """Decode every item's image, resized (bicubic) to ``resolution`` square: uint8 tensor [N, 3, R, R]."""
+    from ..data.images import read_rgb
+
+    out = torch.empty(len(items), 3, resolution, resolution, dtype=torch.uint8)
+    for i, item in enumerate(items):
+        arr = read_rgb(item.path)
+        if arr.shape[0] != resolution or arr.shape[1] != resolution:
+            arr = np.asarray(Image.fromarray(arr).resize((resolution, resolution), Image.BICUBIC))
+        out[i] = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    return out
+
+
+def _to_unit(images_u8):
+    """uint8 [N, 3, H, W] → float32 in [-1, 1]."""
+    return images_u8.float().div(127.5).sub(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: VAE
+# ---------------------------------------------------------------------------------------------
+
+def _random_crops(images_u8, batch, crop, gen):
+    """A batch of random ``crop``-square crops with random horizontal flips: float32 [B, 3, crop, crop]."""
+    n, _, h, w = images_u8.shape
+    idx = torch.randint(0, n, (batch,), generator=gen)
+    ys = torch.randint(0, h - crop + 1, (batch,), generator=gen)
+    xs = torch.randint(0, w - crop + 1, (batch,), generator=gen)
+    flips = torch.rand(batch, generator=gen) < 0.5
+    out = torch.stack([images_u8[i, :, y:y + crop, x:x + crop] for i, y, x in zip(idx, ys, xs)])
+    out[flips] = out[flips].flip(-1)
+    return _to_unit(out)
+
+
+def train_vae(vae, images_u8, settings, gen, log_rows, t0):
+    """Train ``vae`` for ``settings.vae_steps`` steps on random crops; append loss rows; return vae."""
+    if settings.vae_steps == 0:
+        return vae
+    crop = min(settings.vae_crop, images_u8.shape[-1])
+    opt = torch.optim.AdamW(vae.parameters(), lr=settings.vae_learning_rate, weight_decay=0.0)
+    vae.train()
+    for step in tqdm(range(1, settings.vae_steps + 1), desc="pretrain VAE", mininterval=5):
+        x = _random_crops(images_u8, settings.vae_batch_size, crop, gen)
+        lr = settings.vae_learning_rate * _lr_factor(step, settings.warmup_steps, settings.vae_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        mse = F.mse_loss(recon, x)
+        kl = posterior.kl().mean() / z[0].numel()  # per latent element
+        loss = mse + settings.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), settings.grad_clip)
+        opt.step()
+        log_rows.append(("vae", step, loss.item(), mse.item(), kl.item(), lr, time.perf_counter() - t0))
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_posteriors(vae, images_u8, batch=32):
+    """Posterior mean and std of every image and of its mirror: float32 [N, 2, 4, R/8, R/8] each."""
+    means, stds = [], []
+    for start in range(0, len(images_u8), batch):
+        x = _to_unit(images_u8[start:start + batch])
+        x = torch.stack([x, x.flip(-1)], 1).flatten(0, 1)
+        post = vae.encode(x).latent_dist
+        means.append(post.mean.unflatten(0, (-1, 2)))
+        stds.append(post.std.unflatten(0, (-1, 2)))
+    return torch.cat(means), torch.cat(stds)
+
+
+def scale_from_posteriors(means, stds, gen):
+    """1 / std of latents sampled from the posteriors (SD's ``scaling_factor`` rule): float."""
+    sample = means + stds * torch.randn(means.shape, generator=gen)
+    std = float(sample.std())
+    if not math.isfinite(std) or std <= 0:
+        raise GenprompError(f"VAE latents have std {std}; VAE pretraining diverged (lower vae_learning_rate)")
+    return 1.0 / std
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 2: UNet + text encoder
+# ---------------------------------------------------------------------------------------------
+
+def _lr_factor(step, warmup, total):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10 % at ``total``."""
+    if step <= warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def augment_caption(caption, rng, settings):
+    """Caption for one training sample (``rng``: ``random.Random``).
+
+    With ``caption_dropout`` → "" (unconditional). Else each word after the opening is dropped with
+    ``word_dropout`` (at least one word is kept), and with ``template_prob`` an opening "a photo of a " /
+    "a " is replaced by a random GenPromp template prefix ("a rendering of a ", "a photo of my ", ...).
+    """
+    if rng.random() < settings.caption_dropout:
+        return ""
+    opening = next((o for o in _CAPTION_OPENINGS if caption.startswith(o)), "")
+    words = caption[len(opening):].split()
+    kept = ([w for w in words if rng.random() >= settings.word_dropout] or [rng.choice(words)]) if words else []
+    if opening and rng.random() < settings.template_prob:
+        opening = rng.choice(TEMPLATES).replace("{}", "")
+    return (opening + " ".join(kept)).strip()
+
+
+def _sample_timesteps(batch, settings, num_train, gen):
+    """int64 [B]: uniform in [0, num_train), a ``small_t_fraction`` share uniform in [0, small_t_max)."""
+    t = torch.randint(0, num_train, (batch,), generator=gen)
+    small = torch.rand(batch, generator=gen) < settings.small_t_fraction
+    t_small = torch.randint(0, max(1, settings.small_t_max), (batch,), generator=gen)
+    return torch.where(small, t_small, t)
+
+
+def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions, scale, settings,
+                   gen, log_rows, t0):
+    """Jointly train UNet and text encoder for epsilon prediction; append loss rows.
+
+    means / stds: posteriors [N, 2, 4, h, w] (index 1 = mirrored image); captions: list of N strings.
+    """
+    if settings.unet_steps == 0:
+        return
+    rng = random.Random(settings.seed)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    alphas = scheduler.alphas_cumprod
+    num_train = scheduler.config.num_train_timesteps
+    unet.train()
+    text_encoder.train()
+    n = means.shape[0]
+    for step in tqdm(range(1, settings.unet_steps + 1), desc="pretrain UNet+text", mininterval=5):
+        idx = torch.randint(0, n, (settings.batch_size,), generator=gen)
+        flip = torch.randint(0, 2, (settings.batch_size,), generator=gen)
+        mu, sd = means[idx, flip], stds[idx, flip]
+        latents = (mu + sd * torch.randn(mu.shape, generator=gen)) * scale
+        noise = torch.randn(latents.shape, generator=gen)
+        t = _sample_timesteps(settings.batch_size, settings, num_train, gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        texts = [augment_caption(captions[i], rng, settings) for i in idx.tolist()]
+        cond = text_encoder(tokenize(tokenizer, texts))[0]
+        lr = settings.learning_rate * _lr_factor(step, settings.warmup_steps, settings.unet_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pred = unet(noisy, t, cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        opt.step()
+        log_rows.append(("unet", step, loss.item(), loss.item(), float("nan"), lr, time.perf_counter() - t0))
+    unet.eval()
+    text_encoder.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Localization diagnostic
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ProbeImage:
+    """A rendered probe: uint8 [3, R, R] (resized from its original size), its kind and box in R pixels."""
+
+    image: torch.Tensor
+    colour: str
+    texture: str
+    shape: str
+    box: tuple = field(default=())
+
+
+def render_probe_set(n, resolution, image_size=(160, 256), seed=0):
+    """``n`` single-object demo-style scenes (every (colour, texture, shape) kind in turn), resized to
+    ``resolution``; boxes rescaled to that square. Independent of the corpus (own seed stream)."""
+    import itertools
+
+    from ..data.synth import COLOURS, SHAPES, TEXTURES, ObjectKind, render_scene
+
+    kinds = [ObjectKind(*k) for k in itertools.product(COLOURS, TEXTURES, SHAPES)]
+    order = np.random.default_rng([seed, 999]).permutation(len(kinds))
+    probes = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, 999, i])
+        kind = kinds[order[i % len(kinds)]]
+        w, h = (int(rng.integers(image_size[0], image_size[1] + 1)) for _ in range(2))
+        arr, boxes = render_scene(kind, rng, w, h, 1)
+        img = np.asarray(Image.fromarray(arr).resize((resolution, resolution), Image.BICUBIC))
+        x1, y1, x2, y2 = boxes[0]
+        sx, sy = resolution / w, resolution / h
+        probes.append(ProbeImage(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
+                                 kind.colour, kind.texture, kind.shape, (x1 * sx, y1 * sy, x2 * sx, y2 * sy)))
+    return probes
+
+
+def _default_groups():
+    from ..cams.capture import CamGroup
+
+    return (CamGroup("mid", ("mid",), 8), CamGroup("down", ("down",), 4), CamGroup("up", ("up",), 4))
+
+
+@torch.no_grad()
+def compute_word_cams(components, images_u8, prompts, timesteps=(0, 99), groups=None, cam_size=64,
+                      seed=0, batch=16):
+    """GenPromp CAMs of ``prompts`` (one per image; class word at the templates' token index).
+
+    components: (tokenizer, text_encoder, vae, unet, scheduler); images_u8 [N, 3, R, R].
+    Returns float32 [N, cam_size, cam_size], each max-normalised.
+    """
+    from ..cams.capture import capture_cross_attention, combine_group_maps, run_unet_capture
+
+    tokenizer, text_encoder, vae, unet, scheduler = components
+    groups = groups or _default_groups()
+    index = token_index(tokenizer)
+    scale = vae.config.scaling_factor
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(images_u8), batch):
+        x = _to_unit(images_u8[start:start + batch])
+        post = vae.encode(x).latent_dist
+        latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * scale
+        noise = torch.randn(latents.shape, generator=gen)
+        cond = text_encoder(tokenize(tokenizer, prompts[start:start + batch]))[0]
+        with capture_cross_attention(unet, index, groups, latents.shape[-2:], early_exit=True) as store:
+            for t in timesteps:
+                tt = torch.full((len(x),), int(t), dtype=torch.long)
+                run_unet_capture(unet, scheduler.add_noise(latents, noise, tt), tt, cond)
+            out.append(combine_group_maps(store.group_maps(), cam_size))
+    return torch.cat(out)
+
+
+def _score_cams(cams, boxes, resolution, frame, thr):
+    """TS-CAM-rule boxes of ``cams`` vs true boxes: (IoU at ``thr`` [N], best-threshold IoU [N])."""
+    import cv2
+
+    from ..evaluation.metrics import best_iou, prepare_cam, scale_boxes_tscam, tscam_box
+
+    at_thr, best = [], []
+    for cam, box in zip(cams.numpy(), boxes):
+        u8 = prepare_cam(cam, frame, cv2.INTER_LINEAR)
+        gt = scale_boxes_tscam([box], resolution, resolution, frame)
+        at_thr.append(best_iou([tscam_box(u8, thr)], gt))
+        best.append(max(best_iou([tscam_box(u8, s)], gt) for s in np.arange(0.05, 0.95, 0.05)))
+    return np.array(at_thr), np.array(best)
+
+
+def attention_localization_score(components, probes, words=("{shape}", "{colour}", "shape", "object"),
+                                 timesteps=(0, 99), cam_size=64, frame=512, thr=0.23, seed=0):
+    """How well the class word's cross-attention localizes the object, per candidate word.
+
+    For each entry of ``words`` (a format string over the probe's colour / texture / shape, e.g.
+    "{shape}", or a fixed word), prompts "a photo of a {word}" are run through the CAM recipe and
+    scored with the TS-CAM box rule. Returns ``{word: {"loc": % IoU ≥ 0.5 at thr, "loc_best_thr": %
+    with the best single threshold, "mean_iou": mean IoU at thr}}`` plus ``"center_box"`` (the same
+    rule on a centred Gaussian map) as a baseline.
+    """
+    from ..evaluation.metrics import center_gaussian_cam
+
+    images = torch.stack([p.image for p in probes])
+    resolution = images.shape[-1]
+    boxes = [p.box for p in probes]
+    report = {}
+    for word in words:
+        prompts = [TEMPLATES[0].format(word.format(colour=p.colour, texture=p.texture, shape=p.shape))
+                   for p in probes]
+        cams = compute_word_cams(components, images, prompts, timesteps, cam_size=cam_size, seed=seed)
+        at_thr, best = _score_cams(cams, boxes, resolution, frame, thr)
+        per_thr = [(_score_cams(cams, boxes, resolution, frame, s)[0] >= 0.5).mean() for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
+        report[word] = {"loc": 100.0 * float((at_thr >= 0.5).mean()), "mean_iou": float(at_thr.mean()),
+                        "loc_best_thr": 100.0 * float(max(per_thr)), "oracle_thr_loc": 100.0 * float((best >= 0.5).mean())}
+    center = torch.from_numpy(center_gaussian_cam(cam_size))[None].repeat(len(probes), 1, 1)
+    at_thr, _ = _score_cams(center, boxes, resolution, frame, thr)
+    report["center_box"] = {"loc": 100.0 * float((at_thr >= 0.5).mean()), "mean_iou": float(at_thr.mean())}
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _generate(components, captions, steps, guidance, seed):
+    """DDIM samples for ``captions`` with classifier-free guidance: uint8 [N, 3, R, R]."""
+    from diffusers import DDIMScheduler
+
+    tokenizer, text_encoder, vae, unet, scheduler = components
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(seed)
+    n, size = len(captions), unet.config.sample_size
+    latents = torch.randn(n, unet.config.in_channels, size, size, generator=gen)
+    cond = text_encoder(tokenize(tokenizer, list(captions)))[0]
+    uncond = text_encoder(tokenize(tokenizer, [""] * n))[0]
+    for t in ddim.timesteps:
+        eps = unet(torch.cat([latents, latents]), t, torch.cat([uncond, cond])).sample
+        e_u, e_c = eps.chunk(2)
+        latents = ddim.step(e_u + guidance * (e_c - e_u), t, latents).prev_sample
+    images = vae.decode(latents / vae.config.scaling_factor).sample
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def render_sample_grid(components, images_u8, captions, settings, path):
+    """PNG grid: row 1 held-out images, row 2 VAE reconstructions, row 3 samples from their captions."""
+    _, _, vae, _, _ = components
+    with torch.no_grad():
+        post = vae.encode(_to_unit(images_u8)).latent_dist
+        recon = ((vae.decode(post.mean).sample.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    samples = _generate(components, captions, settings.sample_steps, settings.guidance_scale, settings.seed)
+    rows = [torch.cat(list(r), dim=-1) for r in (images_u8, recon, samples)]
+    grid = torch.cat(rows, dim=-2).permute(1, 2, 0).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+def _write_loss_log(rows, path):
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LOSS_COLUMNS)
+    for r in rows:
+        writer.writerow([r[0], r[1]] + [f"{v:.6g}" for v in r[2:]])
+    write_text_atomic(path, buf.getvalue())
+
+
+def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png=None, diagnostic_json=None,
+                  settings=None):
+    """Build the tiny model, pretrain it on the corpus and write it to ``out_dir`` (atomically).
+
+    Returns the diagnostic dict (timings, losses, scaling factor, localization scores).
+    """
+    settings = settings or PretrainSettings()
+    t0 = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    items = read_corpus(corpus_dir)
+    if len(items) <= settings.holdout:
+        raise InputError(Path(corpus_dir) / "captions.csv",
+                         f"{len(items)} rows; need more than demo.tiny_model.holdout = {settings.holdout}")
+    images = load_corpus_images(items, settings.resolution)
+    train_images, held_images = images[:-settings.holdout or None], images[len(images) - settings.holdout:]
+    captions = [it.caption for it in items]
+    components = create_tiny_components(
+        tokenizer_dir, settings.resolution, tuple(settings.block_out_channels), settings.cross_attention_dim,
+        settings.text_hidden_size, settings.text_layers, settings.heads, tuple(settings.vae_channels),
+        seed=settings.seed)
+    tokenizer, text_encoder, vae, unet, scheduler = components
+    rows = []
+    log.info("corpus: %d images (%d held out) at %d px; loaded in %.1f s", len(items), settings.holdout,
+             settings.resolution, time.perf_counter() - t0)
+    train_vae(vae, train_images, settings, gen, rows, t0)
+    t_vae = time.perf_counter() - t0
+    means, stds = encode_posteriors(vae, train_images)
+    scale = scale_from_posteriors(means, stds, gen)
+    vae.register_to_config(scaling_factor=scale)
+    log.info("VAE done at %.1f s; latent std %.4f -> scaling_factor %.5f", t_vae, 1 / scale, scale)
+    train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions[:len(train_images)], scale,
+                   settings, gen, rows, t0)
+    t_unet = time.perf_counter() - t0
+    report = {"settings": asdict(settings), "scaling_factor": scale, "seconds_vae": t_vae,
+              "seconds_train": t_unet, "final_vae_loss": _tail_mean(rows, "vae"),
+              "final_unet_loss": _tail_mean(rows, "unet")}
+    if settings.probe_images:
+        probes = render_probe_set(settings.probe_images, settings.resolution, settings.probe_image_size,
+                                  settings.seed + 1)
+        report["localization"] = attention_localization_score(
+            components, probes, timesteps=settings.probe_timesteps, cam_size=settings.probe_cam_size,
+            frame=settings.probe_frame, thr=settings.probe_cam_thr, seed=settings.seed)
+        log.info("localization: %s", json.dumps(report["localization"]))
+    if samples_png:
+        n = min(8, settings.holdout)
+        render_sample_grid(components, held_images[:n], captions[len(captions) - settings.holdout:][:n],
+                           settings, samples_png)
+    save_components(out_dir, *components)
+    report["seconds_total"] = time.perf_counter() - t0
+    if loss_csv:
+        _write_loss_log(rows, loss_csv)
+    if diagnostic_json:
+        write_text_atomic(diagnostic_json, json.dumps(report, indent=2) + "\n")
+    log.info("pretrained model written to %s in %.1f s", out_dir, report["seconds_total"])
+    return report
+
+
+def _tail_mean(rows, phase, k=20):
+    vals = [r[2] for r in rows if r[0] == phase][-k:]
+    return float(np.mean(vals)) if vals else None
+
+
+def settings_from_config(config):
+    """PretrainSettings from a validated config (``demo.tiny_model`` + ``seed``)."""
+    tm = dict(config["demo"]["tiny_model"])
+    known = {f for f in PretrainSettings.__dataclass_fields__}
+    unknown = sorted(set(tm) - known)
+    if unknown:
+        raise GenprompError(f"config key demo.tiny_model: unknown keys {unknown}")
+    for key in ("block_out_channels", "vae_channels", "probe_image_size", "probe_timesteps"):
+        if key in tm:
+            tm[key] = tuple(tm[key])
+    return PretrainSettings(seed=int(config["seed"]), **tm)
+
+
+def _cli(args):
+    from ..config import load_config
+
+    config = load_config(args.config)
+    settings = settings_from_config(config)
+    corpus = args.corpus or str(Path(config["demo"]["root"]) / "corpus")
+    pretrain_tiny(corpus, args.tokenizer, args.out or config["pretrained"], args.loss_csv, args.samples,
+                  args.diagnostic, settings)
+
+
+def register_cli(sub):
+    p = sub.add_parser("pretrain-tiny", help="build and pretrain the tiny SD-1.4-topology demo model",
+                       description="Build the tiny SD-1.4-topology model and pretrain it on the captioned demo "
+                                   "corpus (VAE, then UNet + text encoder), with settings from the config's "
+                                   "demo.tiny_model block. Writes the model folder (diffusers layout), a loss "
+                                   "log, a sample grid and a localization diagnostic.")
+    p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")
+    p.add_argument("--corpus", default=None, help="corpus folder with captions.csv (default: <demo.root>/corpus)")
+    p.add_argument("--tokenizer", default="resources/assets/clip_tokenizer",
+                   help="CLIPTokenizer folder (default: %(default)s)")
+    p.add_argument("--out", default=None, help="model folder to write (default: the config's `pretrained`)")
+    p.add_argument("--loss-csv", default="results/demo_model/pretrain_loss.csv",
+                   help="loss log CSV (default: %(default)s)")
+    p.add_argument("--samples", default="results/demo_model/samples.png", help="sample grid PNG (default: %(default)s)")
+    p.add_argument("--diagnostic", default="results/demo_model/diagnostic.json",
+                   help="timings, losses and localization scores as JSON (default: %(default)s)")
+    p.set_defaults(func=_cli)

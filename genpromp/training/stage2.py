@@ -1,0 +1,338 @@
+"""Stage 2: finetune the whole UNet on 0.5·f_r + 0.5·f_d conditioning (SPEC.md § Stage 2), resumable.
+
+Concept tokens are loaded into the text encoder; the text encoder and VAE are frozen; the UNet is
+trained in fp32 (``compute.mixed_precision`` only autocasts the forward). Each sample draws one
+template; f_r is the text encoder's last hidden state for the concept-token caption and f_d for the
+meta-token caption with the same template. Loss, timesteps, latents and AdamW as in stage 1.
+
+Data order, augmentation, templates, latent samples, noise and timesteps are derived from
+``(seed, micro-step, sample)`` (see :mod:`genpromp.training.data`), so a killed job resumes from
+``<out>.partial/checkpoint`` (written every ``save_steps`` optimizer steps: ``unet/`` in diffusers
+layout, optimizer state as safetensors, ``state.json``) and ends with the uninterrupted result.
+
+With P processes (``accelerate launch``) training is data-parallel like the reference: each
+micro-step takes ``batch_size × P`` items of the epoch's order and process r uses slice r; DDP
+averages the gradients. The reference's extra ``unet_s{step}``/``unet_e{step}`` snapshots are not
+kept (only the latest checkpoint, to bound disk use; SD's UNet is 3.4 GB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..errors import GenprompError, InputError
+from ..io import atomic_dir, atomic_path
+from ..prompts import TEMPLATES, add_concept_tokens, tokenize
+from .checkpoints import load_tokens
+from .data import (STREAM_STEP, StepSchedule, derive_generator, draw_step_noise, latent_shape, load_training_table,
+                   make_sample, read_image, resize_image)
+from .resume import fingerprint, load_optimizer_state, optimizer_state_tensors
+
+__all__ = ["Stage2Settings", "STAGE2_KEY", "train_unet", "load_concept_tokens", "register_cli", "LOG_COLUMNS"]
+
+log = logging.getLogger(__name__)
+STAGE2_KEY = 1_000_000_007   # stream key of stage 2 (distinct from every class id)
+LOG_COLUMNS = ("micro_step", "epoch", "opt_step", "loss", "lr")
+
+
+@dataclass(frozen=True)
+class Stage2Settings:
+    """Hyper-parameters of stage 2 (config ``train_unet`` + ``seed`` + ``compute``)."""
+
+    resolution: int = 512
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 16
+    max_train_steps: int = 250
+    learning_rate: float = 5.0e-6
+    scale_lr: bool = False
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1.0e-2
+    adam_epsilon: float = 1.0e-8
+    save_steps: int = 40
+    seed: int = 0
+    mixed_precision: str = "no"
+    num_workers: int = 0
+
+    @classmethod
+    def from_config(cls, config):
+        tu = config["train_unet"]
+        kwargs = {k: v for k, v in tu.items() if k in cls.__dataclass_fields__}
+        compute = config.get("compute", {})
+        return cls(**kwargs, seed=int(config.get("seed", 0)), mixed_precision=compute.get("mixed_precision", "no"),
+                   num_workers=int(compute.get("num_workers", 0)))
+
+    def effective_lr(self, num_processes=1):
+        """lr × batch × grad_accum × processes when ``scale_lr``."""
+        scale = self.batch_size * self.gradient_accumulation_steps * num_processes if self.scale_lr else 1
+        return self.learning_rate * scale
+
+
+def load_concept_tokens(tokenizer, text_encoder, classes, tokens_path):
+    """Add every class's concept token and set its row from ``tokens_path`` (ours or original dir).
+
+    A class without a token, or a width mismatch, raises InputError naming the file.
+    """
+    table = load_tokens(tokens_path)
+    missing = [c.concept_token for c in classes if c.concept_token not in table]
+    if missing:
+        raise InputError(tokens_path, f"no embedding for {len(missing)} class token(s), e.g. {missing[:5]}; "
+                                      "train stage 1 for all classes or pass the matching tokens")
+    ids = add_concept_tokens(tokenizer, text_encoder, [c.concept_token for c in classes],
+                             [c.meta_token for c in classes])
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for info, tok_id in zip(classes, ids):
+            vec = table[info.concept_token]
+            if vec.shape != weight[tok_id].shape:
+                raise InputError(tokens_path, f"{info.concept_token} has shape {tuple(vec.shape)}, the text encoder "
+                                              f"expects {tuple(weight[tok_id].shape)}")
+            weight[tok_id] = vec.to(weight.dtype)
+    return ids
+
+
+class _Stage2Dataset(torch.utils.data.Dataset):
+    """Reads, resizes and augments one image per key (item, micro, slot); returns pixels + caption ids."""
+
+    def __init__(self, items, settings, concept_ids, meta_ids):
+        self.items, self.settings = items, settings
+        self.concept_ids, self.meta_ids = concept_ids, meta_ids
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, key):
+        item, micro, slot = key
+        class_id, path = self.items[item]
+        image = resize_image(read_image(path), self.settings.resolution)
+        template, pixels = make_sample(image, self.settings.seed, (STAGE2_KEY,), micro, slot,
+                                       self.settings.resolution, len(TEMPLATES))
+        return {"img": pixels, "concept": self.concept_ids[class_id][template],
+                "meta": self.meta_ids[class_id][template], "micro": micro, "slot": slot}
+
+
+class _RankBatches:
+    """Batches of one process: slice ``rank`` of each global micro-batch, from micro index ``start``."""
+
+    def __init__(self, schedule, rank, world, per_rank, start):
+        self.schedule, self.rank, self.world, self.per_rank, self.start = schedule, rank, world, per_rank, start
+
+    def __iter__(self):
+        for step in self.schedule.micro_steps(self.start):
+            keys = [(item, step.index, j) for j, item in enumerate(step.items)]
+            mine = keys[self.rank * self.per_rank:(self.rank + 1) * self.per_rank] or keys[:1]
+            yield mine
+
+    def __len__(self):
+        return sum(1 for _ in self.schedule.micro_steps_light())
+
+
+def _save_checkpoint(folder, unet, optimizer, state):
+    with atomic_dir(folder) as tmp:
+        unet.save_pretrained(Path(tmp) / "unet")
+        tensors, meta = optimizer_state_tensors(optimizer)
+        save_file(tensors, str(Path(tmp) / "optimizer.safetensors"))
+        (Path(tmp) / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))
+
+
+def _load_checkpoint(folder, unet, optimizer, job_fp):
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        return None
+    state = json.loads((folder / "state.json").read_text())
+    if state.get("fingerprint") != job_fp:
+        log.warning("%s: checkpoint made with other settings or inputs; starting from scratch", folder)
+        return None
+    weights = sorted((folder / "unet").glob("*.safetensors"))
+    if not weights:
+        raise InputError(folder, "checkpoint has no UNet weights; delete the folder to start over")
+    sd = {}
+    for w in weights:
+        sd.update(load_file(str(w)))
+    unet.load_state_dict(sd)
+    load_optimizer_state(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+    return state
+
+
+def _conditioning(text_encoder, concept, meta, device):
+    """0.5 · f_r + 0.5 · f_d, float32 [b, L, D] (frozen text encoder)."""
+    with torch.no_grad():
+        return 0.5 * text_encoder(concept.to(device))[0] + 0.5 * text_encoder(meta.to(device))[0]
+
+
+def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_path, out_dir, settings=None,
+               log_csv=None, progress=True):
+    """Finetune the UNet and write it to ``out_dir`` in diffusers layout (``config.json`` + safetensors)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from ..models.loading import load_components
+
+    settings = settings or Stage2Settings()
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision,
+                              gradient_accumulation_steps=settings.gradient_accumulation_steps)
+    table = load_training_table(train_parquet, classes_parquet, image_root)
+    comps = load_components(pretrained)
+    load_concept_tokens(comps.tokenizer, comps.text_encoder, table.classes, tokens_path)
+    device = accelerator.device
+    for module in (comps.text_encoder, comps.vae):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device)
+    unet = comps.unet
+    unet.requires_grad_(True)
+    unet.train()
+    unet.to(device, torch.float32)
+    concept_ids = {c.class_id: tokenize(comps.tokenizer, [t.format(c.concept_token) for t in TEMPLATES])
+                   for c in table.classes}
+    meta_ids = {c.class_id: tokenize(comps.tokenizer, [t.format(c.meta_token) for t in TEMPLATES])
+                for c in table.classes}
+    items = sorted(((c, p) for c, paths in table.images.items() for p in paths), key=lambda x: str(x[1]))
+    world = accelerator.num_processes
+    schedule = StepSchedule(len(items), settings.batch_size * world, settings.gradient_accumulation_steps,
+                            None, settings.max_train_steps, settings.seed, (STAGE2_KEY,))
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.effective_lr(world),
+                                  betas=(settings.adam_beta1, settings.adam_beta2),
+                                  weight_decay=settings.adam_weight_decay, eps=settings.adam_epsilon)
+    job_fp = fingerprint({"settings": asdict(settings) | {"num_workers": None}, "pretrained": str(pretrained),
+                          "tokens": _file_digest(tokens_path), "items": [(c, str(p)) for c, p in items],
+                          "world": world})
+    state = _load_checkpoint(partial / "checkpoint", unet, optimizer, job_fp)
+    start, opt_steps = (state["micro"], state["opt_steps"]) if state else (0, 0)
+    if state:
+        log.info("resuming stage 2 at optimizer step %d", opt_steps)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    dataset = _Stage2Dataset(items, settings, concept_ids, meta_ids)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_RankBatches(schedule, accelerator.process_index, world, settings.batch_size, start),
+        num_workers=settings.num_workers)
+    sync_of = {s.index: (s.sync, s.epoch) for s in _micro_meta(schedule, start)}
+    shape = latent_shape(comps.vae, settings.resolution)
+    log_path = partial / f"log-rank{accelerator.process_index}.csv"
+    writer_fh = _open_log(log_path, start)
+    writer = csv.DictWriter(writer_fh, LOG_COLUMNS)
+    bar = tqdm(total=schedule.total_steps, initial=opt_steps, desc="train_unet",
+               disable=not (progress and accelerator.is_local_main_process), mininterval=1.0)
+    for data in loader:
+        micro = int(data["micro"][0])
+        sync, epoch = sync_of[micro]
+        gen = derive_generator(settings.seed, STREAM_STEP, STAGE2_KEY, micro)
+        # noise is drawn for the whole global micro-batch; each process takes its samples' slots
+        eps, noise, t = draw_step_noise(gen, settings.batch_size * world, shape,
+                                        comps.scheduler.config.num_train_timesteps)
+        slots = data["slot"].long()
+        eps, noise, t = eps[slots].to(device), noise[slots].to(device), t[slots].to(device)
+        with torch.no_grad():
+            dist = comps.vae.encode(data["img"].to(device)).latent_dist
+            latents = (dist.mean + dist.std * eps) * comps.vae.config.scaling_factor
+        noisy = comps.scheduler.add_noise(latents, noise, t)
+        cond = _conditioning(comps.text_encoder, data["concept"], data["meta"], device)
+        ctx = contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(unet)
+        with ctx:
+            with accelerator.autocast():
+                pred = unet(noisy, t, cond).sample
+            loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
+            accelerator.backward(loss)
+        if sync:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            opt_steps += 1
+            bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        writer.writerow(dict(micro_step=micro, epoch=epoch, opt_step=opt_steps, loss=f"{loss.item():.6f}",
+                             lr=settings.effective_lr(world)))
+        if sync and opt_steps % settings.save_steps == 0 and opt_steps < schedule.total_steps:
+            writer_fh.flush()
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _save_checkpoint(partial / "checkpoint", accelerator.unwrap_model(unet), optimizer,
+                                 {"fingerprint": job_fp, "micro": micro + 1, "opt_steps": opt_steps})
+    bar.close()
+    writer_fh.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_dir(out_dir) as tmp:
+            accelerator.unwrap_model(unet).save_pretrained(tmp)
+        if log_csv:
+            shutil.copyfile(log_path, Path(str(log_csv) + ".tmp"))
+            Path(str(log_csv) + ".tmp").replace(log_csv)
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.end_training()
+    return out_dir
+
+
+def _micro_meta(schedule, start):
+    """Light iterator of (index, sync, epoch) records (no permutations)."""
+    @dataclass
+    class _M:
+        index: int
+        sync: bool
+        epoch: int
+    index = 0
+    for epoch, _b, sync in schedule.micro_steps_light():
+        if index >= start:
+            yield _M(index, sync, epoch)
+        index += 1
+
+
+def _open_log(path, start):
+    """Open the CSV log for appending, dropping rows at or after micro-step ``start`` (resume)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if start and path.is_file():
+        with open(path) as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["micro_step"]) < start]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, LOG_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return open(path, "a", newline="")
+
+
+def _file_digest(path):
+    path = Path(path)
+    if path.is_file():
+        import hashlib
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return str(path)
+
+
+def _run_cli(args):
+    from ..config import load_config
+
+    config = load_config(args.config, json.loads(args.config_json) if args.config_json else None)
+    if args.dataset not in config["datasets"]:
+        raise GenprompError(f"dataset {args.dataset!r} is not in the config's datasets")
+    results = Path(args.results) / args.dataset
+    out = Path(args.out or results / "unet")
+    train_unet(config["pretrained"], results / "index" / "train.parquet", results / "index" / "classes.parquet",
+               config["datasets"][args.dataset]["root"], args.tokens or results / "tokens" / "tokens.safetensors",
+               out, Stage2Settings.from_config(config), Path(str(out) + ".log.csv"))
+
+
+def register_cli(sub):
+    p = sub.add_parser("train-unet", help="stage 2: finetune the UNet with the learned concept tokens",
+                       description="Finetune the full UNet (fp32) on 0.5*f_r + 0.5*f_d conditioning (SPEC § Stage 2) "
+                                   "and write results/<dataset>/unet/ in diffusers layout. Killed runs resume from "
+                                   "<out>.partial/checkpoint. Use `accelerate launch` for several GPUs.")
+    p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")
+    p.add_argument("--config-json", default=None, help="JSON object merged over the config")
+    p.add_argument("--dataset", required=True, help="dataset name (a key of `datasets` in the config)")
+    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+    p.add_argument("--tokens", default=None,
+                   help="token table or original tokens/ dir (default: results/<ds>/tokens/tokens.safetensors)")
+    p.add_argument("--out", default=None, help="output unet/ folder (default: results/<ds>/unet)")
+    p.set_defaults(func=_run_cli)

@@ -1,0 +1,132 @@
+"""Metric functions against hand-computed values, and the fast sweeps against straightforward loops."""
+
+import numpy as np
+import pytest
+
+from genpromp.evaluation.evaluator import EvalSettings, ImageInput, evaluate_image
+from genpromp.evaluation.metrics import (
+    best_iou, box_iou_matrix, classify_top1_error, max_box_acc, normalize_minmax, prepare_cam,
+    scale_boxes_tscam, scale_boxes_wsol, threshold_list, tscam_box, wsol_boxes,
+)
+from genpromp.evaluation.tscam import prepare_tscam_cam, tscam_sweep_boxes, tscam_sweep_boxes_reference
+from genpromp.evaluation.wsol import prepare_wsol_cam, wsol_sweep_ious, wsol_sweep_ious_reference
+
+from eval_fixtures import blob_cam, smooth_random_cam
+
+
+def test_inclusive_iou_8_over_27():
+    # a: 5 wide × 3 tall = 15 px; b: 5 × 4 = 20 px; overlap x 1..4, y 1..2 = 8 px; union 27
+    assert box_iou_matrix([0, 0, 4, 2], [1, 1, 5, 4])[0, 0] == pytest.approx(8 / 27)
+
+
+def test_iou_matrix_several_gt_and_degenerate():
+    m = box_iou_matrix([[0, 0, 9, 9]], [[0, 0, 9, 9], [100, 100, 110, 110], [5, 0, 14, 9]])
+    assert m.shape == (1, 3)
+    assert m[0].tolist() == pytest.approx([1.0, 0.0, 50 / 150])
+    assert best_iou([[0, 0, 9, 9]], [[100, 100, 110, 110], [5, 0, 14, 9]]) == pytest.approx(1 / 3)
+    assert box_iou_matrix([0, 0, -2, -2], [0, 0, -2, -2])[0, 0] == 0.0  # union ≤ 0 → 0
+
+
+def test_scale_boxes():
+    gt = [[10, 20, 199.9, 99.5]]
+    assert scale_boxes_tscam(gt, 200, 100, 512).tolist() == [[25, 102, 511, 509]]
+    assert scale_boxes_wsol(gt, 200, 100, 224).tolist() == [[11, 44, 223, 222]]
+
+
+def test_fallback_boxes_and_constant_nan_maps():
+    zeros = np.zeros((16, 16), np.uint8)
+    assert tscam_box(zeros, 0.5) == [0, 0, 1, 1]
+    assert wsol_boxes(zeros, 0.5, True).tolist() == [[0, 0, 0, 0]]
+    const = np.full((8, 8), 0.7, np.float32)
+    nan = const.copy()
+    nan[2, 3] = np.nan
+    for cam in (const, nan):
+        assert not normalize_minmax(cam).any()
+        u8 = prepare_cam(cam, 32, 1)
+        assert tscam_box(u8, 0.23) == [0, 0, 1, 1]
+        assert wsol_boxes(u8, 0.0, False).tolist() == [[0, 0, 0, 0]]
+
+
+def test_two_blobs_largest_vs_all_and_clipping():
+    u8 = (blob_cam(64, [(5, 5, 24, 24, 1.0), (56, 40, 63, 44, 1.0)]) * 255).astype(np.uint8)
+    assert tscam_box(u8, 0.5) == [5, 5, 25, 25]  # x + w, not clipped
+    assert wsol_boxes(u8, 0.5, False).tolist() == [[5, 5, 25, 25]]
+    assert sorted(wsol_boxes(u8, 0.5, True).tolist()) == [[5, 5, 25, 25], [56, 40, 63, 45]]  # x2 64 → 63
+    gt = np.array([[56, 40, 63, 45]])
+    v1, v2 = wsol_sweep_ious(u8, [0.5], gt)
+    assert v1[0] == 0.0 and v2[0] == 1.0
+
+
+def _line_image(cls_right):
+    cam = np.zeros((64, 64), np.float32)
+    cam[10, 10:20] = 1.0  # contour rect x=10, w=10, h=1 → box [10, 10, 20, 11], 22 px
+    top5 = (0, 1, 2, 3, 4) if cls_right else (1, 0, 2, 3, 4)
+    return ImageInput("x", 0, 64, 64, np.array([[10.0, 10.0, 20.0, 10.0]]), {"gt": (0, cam), "top1": (top5[0], cam)}, top5)
+
+
+def test_boundary_half_iou_gt_known_but_not_top1():
+    settings = EvalSettings(frame=64, thresholds=(0.5,), protocols=())
+    res = evaluate_image(_line_image(True), settings)
+    assert res.box_gt == [10, 10, 20, 11]
+    assert res.iou_gt == 0.5  # 11 / 22
+    assert res.gt_known is True  # ≥ 0.5
+    assert res.top1_loc is False and res.top5_loc is False  # > 0.5 strictly
+    # Part needs inter/box > 0.5 (11/22 = 0.5 fails); More: inter/GT = 11/11 ≥ 0.7
+    assert res.error == "More"
+    wrong = evaluate_image(_line_image(False), settings)
+    assert wrong.cls1 is False and wrong.cls5 is True and wrong.error == "Cls"
+
+
+@pytest.mark.parametrize("box,gts,cls,expected", [
+    ([0, 0, 9, 9], [[0, 0, 9, 9]], False, "Cls"),
+    ([0, 0, 9, 9], [[0, 0, 9, 9]], True, "Right"),
+    ([0, 0, 29, 9], [[0, 0, 9, 9], [20, 0, 29, 9]], True, "M-ins"),  # IoU 1/3 each, both fully covered
+    ([0, 0, 9, 9], [[0, 0, 19, 19]], True, "Part"),  # IoU 0.25, inter/box = 1
+    ([0, 0, 19, 19], [[0, 0, 9, 9]], True, "More"),  # IoU 0.25, inter/box 0.25, inter/GT = 1
+    ([50, 50, 59, 59], [[0, 0, 9, 9]], True, "Wrong"),
+    ([0, 0, 9, 9], [[0, 0, 9, 9], [40, 40, 49, 49]], True, "Right"),  # Right before M-ins
+])
+def test_error_categories(box, gts, cls, expected):
+    assert classify_top1_error(cls, box, gts) == expected
+
+
+def test_error_more_vs_part_boundary():
+    # box 22 px, GT 11 px fully inside: inter/box = 0.5 (not Part), inter/GT = 1 → More
+    assert classify_top1_error(True, [10, 10, 20, 11], [[10, 10, 20, 10]]) == "More"
+
+
+def test_max_box_acc_hand_computed():
+    ious = np.array([[0.2, 0.6, 0.8], [0.4, 0.5, 0.1]])
+    acc, idx, mean = max_box_acc(ious, (0.3, 0.5, 0.7))
+    assert acc == {0.3: 100.0, 0.5: 100.0, 0.7: 50.0}
+    assert idx == {0.3: 1, 0.5: 1, 0.7: 2}
+    assert mean == pytest.approx(250 / 3)
+
+
+def _maps():
+    rng = np.random.default_rng(1)
+    maps = [smooth_random_cam(rng) for _ in range(6)]
+    maps += [rng.random((64, 64)).astype(np.float32) for _ in range(2)]  # noisy: many contours, holes
+    ring = blob_cam(64, [(10, 10, 50, 50, 1.0)])
+    ring[20:40, 20:40] = 0.0
+    ring[28:32, 28:32] = 0.8
+    maps += [ring, blob_cam(64, [(5, 5, 24, 24, 1.0), (40, 40, 49, 44, 0.5)]), np.zeros((64, 64), np.float32)]
+    return maps
+
+
+def test_fast_tscam_sweep_equals_loop():
+    th = threshold_list(0.0, 1.0, 0.01)
+    for cam in _maps():
+        for frame in (96, 512):
+            u8 = prepare_tscam_cam(cam, frame)
+            np.testing.assert_array_equal(tscam_sweep_boxes(u8, th), tscam_sweep_boxes_reference(u8, th))
+
+
+def test_fast_wsol_sweep_equals_loop():
+    th = threshold_list(0.0, 1.0, 0.01)
+    gt = np.array([[20, 30, 150, 180], [100, 100, 200, 220]])
+    for cam in _maps():
+        u8 = prepare_wsol_cam(cam, 224)
+        fast, ref = wsol_sweep_ious(u8, th, gt), wsol_sweep_ious_reference(u8, th, gt)
+        np.testing.assert_array_equal(fast[0], ref[0])
+        np.testing.assert_array_equal(fast[1], ref[1])

@@ -1,0 +1,80 @@
+"""Shared fixtures for the training tests: a tiny random SD-topology model and a tiny dataset.
+
+Import the fixtures into a test module with ``from train_fixtures import *  # noqa``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parent.parent
+TOKENIZER = REPO / "resources" / "assets" / "clip_tokenizer"
+TINY_RES = 64
+
+__all__ = ["tiny_model", "tiny_dataset", "make_dataset", "TINY_RES", "REPO", "stage1_settings"]
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 200, 40), (200, 60, 200)]
+
+
+def make_dataset(root, n_classes=3, per_class=(3, 5, 2), seed=0, meta="bird"):
+    """Write small JPEGs of coloured shapes and the index tables; return (train_parquet, classes_parquet, root)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(n_classes):
+        for i in range(per_class[c % len(per_class)]):
+            w, h = int(rng.integers(48, 96)), int(rng.integers(48, 96))
+            img = Image.new("RGB", (w, h), tuple(int(x) for x in rng.integers(0, 255, 3)))
+            draw = ImageDraw.Draw(img)
+            x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+            box = [x0, y0, x0 + w // 3, y0 + h // 3]
+            (draw.ellipse if c % 2 else draw.rectangle)(box, fill=COLOURS[c % len(COLOURS)])
+            rel = f"images/{c:03d}.cls/img_{c}_{i}.jpg"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            img.save(root / rel, quality=90)
+            rows.append(dict(image_id=rel[:-4], path=rel, label=np.int32(c), width=np.int32(w), height=np.int32(h),
+                             boxes=[[float(v) for v in box]]))
+    train = root / "index" / "train.parquet"
+    train.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(train)
+    classes = pd.DataFrame(dict(class_id=np.arange(n_classes, dtype=np.int32),
+                                name=[f"class_{c}" for c in range(n_classes)],
+                                synonyms=[f"class {c}" for c in range(n_classes)], wnid=[""] * n_classes,
+                                meta_token=[meta] * n_classes,
+                                concept_token=[f"<cub-{c}>" for c in range(n_classes)]))
+    classes_path = root / "index" / "classes.parquet"
+    classes.to_parquet(classes_path)
+    return train, classes_path, root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A random tiny SD-topology model folder (64 px, narrow) built once per session."""
+    from genpromp.models.tiny import build_tiny_model
+
+    if not TOKENIZER.is_dir():
+        pytest.skip("resources/assets/clip_tokenizer missing (run `genpromp assets`)")
+    out = tmp_path_factory.mktemp("tiny") / "tiny-sd"
+    return build_tiny_model(out, TOKENIZER, resolution=TINY_RES, block_out_channels=(16, 16, 32, 32),
+                            cross_attention_dim=32, text_hidden_size=32, text_layers=1, heads=2,
+                            vae_channels=(8, 8, 16, 16), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """(train_parquet, classes_parquet, image_root) with 3 classes of 3 / 5 / 2 images."""
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def stage1_settings(**kw):
+    from genpromp.training.stage1 import Stage1Settings
+
+    base = dict(resolution=TINY_RES, batch_size=2, gradient_accumulation_steps=1, num_train_epochs=2,
+                learning_rate=1e-3, scale_lr=False, checkpoint_every=2, seed=3, concurrent_classes=8)
+    base.update(kw)
+    return Stage1Settings(**base)

@@ -1,0 +1,39 @@
+# Paper tables and figures under results/tables/ (CSV + Markdown + PNG), marked for `snakemake --report`.
+#
+# Needs from common.smk:
+#   eval_summaries()      -> summary.json paths of the main variants
+#   ablation_summaries()  -> summary.json paths of the combine-ratio sweep
+#   EVAL_META             -> {summary path: dict(dataset, run, variant, mode, ratio)}
+# Baseline summaries are requested for every dataset that appears in EVAL_META.
+
+
+def _baseline_summaries(wildcards=None):
+    datasets = sorted({m["dataset"] for m in EVAL_META.values()})
+    return [f"results/{d}/baselines/{b}/summary.json" for d in datasets for b in ("center", "full")]
+
+
+rule tables:
+    input:
+        summaries=lambda wc: eval_summaries(),
+        ablation=lambda wc: ablation_summaries(),
+        baselines=_baseline_summaries,
+    output:
+        main_csv="results/tables/main.csv",
+        main_md=report("results/tables/main.md", caption="../report/main.rst", category="Tables"),
+        ratio_csv="results/tables/combine_ratio.csv",
+        ratio_md="results/tables/combine_ratio.md",
+        ratio_png=report("results/tables/combine_ratio.png", caption="../report/combine_ratio.rst", category="Figures"),
+        curve_csv="results/tables/threshold_curve.csv",
+        curve_png=report("results/tables/threshold_curve.png", caption="../report/threshold_curve.rst", category="Figures"),
+        errors_csv="results/tables/error_breakdown.csv",
+        errors_md=report("results/tables/error_breakdown.md", caption="../report/error_breakdown.rst", category="Tables"),
+    params:
+        meta=EVAL_META,
+    log:
+        "logs/tables/tables.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/tables.py"
