@@ -115,3 +115,22 @@ def test_missing_summary_lists_first_few_and_count(tmp_path):
     ids = [f"img/{i}" for i in range(20)]
     with pytest.raises(InputError, match=r"no scores for 20 test images: 'img/0'.*\(20 in all\)"):
         collect_scores(iter([]), ids, 3, "x.json")
+
+
+def test_topk_with_many_ties_matches_stable_argsort():
+    rng = np.random.default_rng(2)
+    s = rng.integers(0, 3, (200, 9)).astype(np.float32)
+    assert np.array_equal(topk_ids(s), np.argsort(-s, axis=1, kind="stable")[:, :5])
+
+
+def test_cli_help_lists_options():
+    import argparse
+    from genpromp.data import classifier, indexing, scores, synth
+    parser = argparse.ArgumentParser(prog="genpromp")
+    sub = parser.add_subparsers(dest="command")
+    for mod in (synth, indexing, scores, classifier):
+        mod.register_cli(sub)
+    for cmd, opt in (("demo-world", "--synset-mapping"), ("index", "--verify"), ("import-scores", "--format"),
+                     ("train-classifier", "--epochs")):
+        text = sub.choices[cmd].format_help()
+        assert opt in text

@@ -33,7 +33,7 @@ from .capture import capture_cross_attention, combine_group_maps, groups_from_co
 from .embeddings import combine_embeddings, read_embeddings
 
 __all__ = [
-    "VARIANT_RE", "CamSettings", "ImageRecord", "parse_variant", "settings_from_config", "choose_device",
+    "VARIANT_RE", "CamSettings", "ImageRecord", "parse_variant", "settings_from_config", "choose_device", "place_module",
     "image_generator", "load_test_image", "TestImages", "iter_batches", "encode_latents_and_noise",
     "plan_prompts", "compute_pair_cams", "extract_cams", "shard_records", "read_top5", "extract_shard",
     "register_cli",
@@ -106,6 +106,16 @@ def choose_device(mixed_precision="no"):
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     dtype = _DTYPES[mixed_precision] if device.type == "cuda" else torch.float32
     return device, dtype
+
+
+def place_module(module, device, dtype):
+    """Move a model to ``device`` and cast to ``dtype`` only when needed (diffusers warns on every cast)."""
+    param = next(module.parameters())
+    if param.device != device:
+        module = module.to(device)
+    if param.dtype != dtype:
+        module = module.to(dtype)
+    return module
 
 
 def image_generator(seed, image_id):
@@ -242,7 +252,7 @@ def extract_cams(comps, emb, records, settings, device=None, dtype=None, progres
     """
     if device is None:
         device, dtype = choose_device(settings.mixed_precision)
-    vae, unet = comps.vae.to(device, dtype), comps.unet.to(device, dtype)
+    vae, unet = place_module(comps.vae, device, dtype), place_module(comps.unet, device, dtype)
     records = list(records)
     all_slots, all_cams = [], []
     for positions, pixels in iter_batches(records, settings.resolution, settings.batch_size, settings.num_workers):

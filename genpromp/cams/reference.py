@@ -66,7 +66,7 @@ class StoreAllProcessor:
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, attention_mask)
-        self.store.add(f"{self.place}_{'cross' if is_cross else 'self'}", probs.float())
+        self.store.add(f"{self.place}_{'cross' if is_cross else 'self'}", probs)
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
@@ -105,7 +105,7 @@ def _cross_attention_map(maps, res, places, bz, idx, out_res):
     out = [item.reshape(bz, -1, res, res, item.shape[-1])
            for place in places for item in maps[f"{place}_cross"] if item.shape[1] == res * res]
     att = torch.cat(out, dim=1)[..., idx]
-    att = (att.sum(1) / att.shape[1]).cpu().numpy().astype(np.float32)
+    att = (att.sum(1) / att.shape[1]).float().cpu().numpy()
     return np.stack([cv2.resize(a, (out_res, out_res), interpolation=cv2.INTER_CUBIC) for a in att])
 
 

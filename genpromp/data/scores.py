@@ -96,15 +96,16 @@ class _JsonStream:
 
     def __init__(self, fh, chunk):
         self.fh, self.chunk = fh, chunk
-        self.buf, self.pos, self.eof, self.line_base = b"", 0, False, 1
+        self.buf, self.pos, self.eof = b"", 0, False
+        self.counted_pos, self.counted_lines = 0, 1   # line number at buffer offset counted_pos
 
     def more(self):
         """Read another chunk (dropping consumed bytes); False at end of file."""
         if self.eof:
             return False
         if self.pos:
-            self.line_base += self.buf.count(b"\n", 0, self.pos)
-            self.buf, self.pos = self.buf[self.pos:], 0
+            self.line(self.pos)
+            self.buf, self.counted_pos, self.pos = self.buf[self.pos:], 0, 0
         data = self.fh.read(self.chunk)
         if not data:
             self.eof = True
@@ -113,7 +114,11 @@ class _JsonStream:
         return True
 
     def line(self, pos=None):
-        return self.line_base + self.buf.count(b"\n", 0, self.pos if pos is None else pos)
+        """1-based line number at buffer offset ``pos`` (offsets must not decrease)."""
+        pos = self.pos if pos is None else pos
+        self.counted_lines += self.buf.count(b"\n", self.counted_pos, pos)
+        self.counted_pos = pos
+        return self.counted_lines
 
     def skip_ws(self):
         while True:
@@ -289,8 +294,18 @@ def collect_scores(entries, image_ids, n_classes, source):
 def topk_ids(scores, k=5):
     """Top-``k`` class ids [N, k] int32 of float scores [N, C], best first; ties → lower id first."""
     k = min(k, scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return order.astype(np.int32)
+    if k == 0 or len(scores) == 0:
+        return np.zeros((len(scores), k), np.int32)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=-1)
+    top = np.take_along_axis(part, order, axis=1)
+    # ties at the k-th place: argpartition may pick any of them; redo those rows exactly
+    kth = np.take_along_axis(scores, top[:, -1:], axis=1)
+    tied = np.flatnonzero((scores >= kth).sum(1) > k)
+    if len(tied):
+        top[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+    return top.astype(np.int32)
 
 
 def _list_array(values, dtype):

@@ -13,6 +13,8 @@ Nothing here prints, plots or writes files.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -223,39 +225,101 @@ def full_image_box(frame):
     return [0, 0, int(frame) - 1, int(frame) - 1]
 
 
-def sweep_contour_rects(u8, cuts):
-    """Contour bounding rects of ``u8 > cut`` for many integer cuts, computed once per distinct mask.
+@dataclass(frozen=True)
+class ContourSweep:
+    """Contour bounding rects of ``u8 > cut`` for T cuts, stored once per distinct mask.
 
-    u8: uint8 [F, F]; cuts: ints. Returns a list (one entry per cut) of ``(rects, largest)``:
-    rects int64 [B, 4] as (x, y, w, h) in frame coordinates, in findContours order (RETR_TREE,
-    CHAIN_APPROX_SIMPLE), and ``largest`` the index of the first contour of maximal contourArea
-    (−1 when there is none). Identical to calling :func:`find_contours_above` per cut: two cuts with
-    the same number of pixels above them give the same (nested) mask and share one call, and each
-    call runs on the mask's bounding crop (findContours pads with zeros, so contours only shift).
+    - ``rects`` int64 [R, 4]: (x, y, w, h) in frame coordinates, every contour of every distinct
+      mask, each mask's contours in findContours order (RETR_TREE, CHAIN_APPROX_SIMPLE);
+    - ``starts`` / ``counts`` int64 [M]: rows of mask m are ``rects[starts[m]:starts[m] + counts[m]]``
+      (``counts[m] == 0`` for the empty mask);
+    - ``largest`` int64 [M]: row in ``rects`` of the first contour of maximal contourArea, −1 if none;
+    - ``mask_of`` int64 [T]: the distinct mask of cut t.
     """
+
+    rects: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    largest: np.ndarray
+    mask_of: np.ndarray
+
+
+def _pixels_above(u8):
+    """above[c] = number of pixels with value > c, for c = 0 … 255: int64 [256]."""
+    if u8.size < 2 ** 24:  # calcHist counts in float32: exact below 2^24
+        hist = cv2.calcHist([u8], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    else:
+        hist = np.bincount(u8.ravel(), minlength=256).astype(np.int64)
+    return u8.size - np.cumsum(hist)
+
+
+def _first_above(profile, cuts):
+    """First index i with profile[i] > cut, for each cut (profile: max of each row/column)."""
+    return np.searchsorted(np.maximum.accumulate(profile), cuts, side="right")
+
+
+def sweep_contours(u8, cuts):
+    """Contours of ``u8 > cut`` for many integer cuts, one findContours call per distinct mask.
+
+    u8: uint8 [H, W]; cuts: ints in [0, 255]. Returns a :class:`ContourSweep`. Exact: two cuts with
+    the same number of pixels above them have the same (nested) mask and share one call; each call
+    runs on the mask's bounding crop (findContours pads with zeros, so contours only shift and keep
+    their raster order); contourArea is only evaluated when a mask has more than one contour.
+    """
+    cuts = np.minimum(np.asarray(cuts, dtype=np.int64).reshape(-1), 255)
+    keys = _pixels_above(u8)[cuts]
+    uniq, first, mask_of = np.unique(keys, return_index=True, return_inverse=True)
     rowmax, colmax = u8.max(axis=1), u8.max(axis=0)
-    above = u8.size - np.cumsum(np.bincount(u8.ravel(), minlength=256))  # above[c] = #pixels > c
-    done, out = {}, []
-    for cut in cuts:
-        key = int(above[cut]) if cut < 256 else 0
-        if key not in done:
-            done[key] = _crop_contour_rects(u8, cut, rowmax, colmax) if key else (np.zeros((0, 4), np.int64), -1)
-        out.append(done[key])
+    h, w = u8.shape
+    mcuts = cuts[first]
+    r0, c0 = _first_above(rowmax, mcuts), _first_above(colmax, mcuts)
+    r1, c1 = h - _first_above(rowmax[::-1], mcuts), w - _first_above(colmax[::-1], mcuts)
+    rects, starts, counts, largest = [], np.zeros(len(uniq), np.int64), np.zeros(len(uniq), np.int64), \
+        np.full(len(uniq), -1, np.int64)
+    n = 0
+    for m in range(len(uniq)):
+        starts[m] = n
+        if uniq[m] == 0:
+            continue
+        y0, x0 = int(r0[m]), int(c0[m])
+        _, mask = cv2.threshold(u8[y0:int(r1[m]), x0:int(c1[m])], int(mcuts[m]), 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        for c in contours:
+            x, y, bw, bh = cv2.boundingRect(c)
+            rects.append((x + x0, y + y0, bw, bh))
+        if len(contours):
+            areas = [cv2.contourArea(c) for c in contours] if len(contours) > 1 else [0.0]
+            largest[m] = n + int(np.argmax(areas))
+        counts[m] = len(contours)
+        n += len(contours)
+    out = np.array(rects, dtype=np.int64).reshape(-1, 4)
+    return ContourSweep(out, starts, counts, largest, mask_of.reshape(-1).astype(np.int64))
+
+
+def best_iou_per_group(boxes, starts, counts, gt_boxes, empty_value):
+    """Max IoU over the GT boxes and over each group of consecutive ``boxes`` rows: float64 [M].
+
+    Group m is ``boxes[starts[m]:starts[m] + counts[m]]``; an empty group gets ``empty_value``.
+    """
+    out = np.full(len(starts), float(empty_value), dtype=np.float64)
+    has = counts > 0
+    if has.any():
+        per_box = box_iou_matrix(boxes, gt_boxes).max(axis=1)
+        out[has] = np.maximum.reduceat(per_box, starts[has])
     return out
 
 
-def _crop_contour_rects(u8, cut, rowmax, colmax):
-    rows, cols = np.flatnonzero(rowmax > cut), np.flatnonzero(colmax > cut)
-    r0, c0 = int(rows[0]), int(cols[0])
-    crop = u8[r0:int(rows[-1]) + 1, c0:int(cols[-1]) + 1]
-    contours = find_contours_above(np.ascontiguousarray(crop), cut)
-    if len(contours) == 0:
-        return np.zeros((0, 4), np.int64), -1
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64)
-    rects[:, 0] += c0
-    rects[:, 1] += r0
-    largest = int(np.argmax([cv2.contourArea(c) for c in contours])) if len(contours) > 1 else 0
-    return rects, largest
+def sweep_contour_rects(u8, cuts):
+    """Per-cut view of :func:`sweep_contours`: a list (one entry per cut) of ``(rects, largest)``.
+
+    rects int64 [B, 4] as (x, y, w, h) in findContours order; ``largest`` the index (into rects) of
+    the first contour of maximal contourArea, −1 when there is none. Identical to calling
+    :func:`find_contours_above` per cut.
+    """
+    sw = sweep_contours(u8, cuts)
+    per_mask = [(sw.rects[s:s + c], int(lg - s) if lg >= 0 else -1)
+                for s, c, lg in zip(sw.starts, sw.counts, sw.largest)]
+    return [per_mask[m] for m in sw.mask_of]
 
 
-__all__ += ["sweep_contour_rects"]
+__all__ += ["ContourSweep", "sweep_contours", "best_iou_per_group", "sweep_contour_rects"]

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from .metrics import (
-    TSCAM_FALLBACK_BOX, box_iou_matrix, integer_threshold, prepare_cam, sweep_contour_rects, tscam_box,
+    TSCAM_FALLBACK_BOX, box_iou_matrix, integer_threshold, prepare_cam, sweep_contours, tscam_box,
 )
 
 __all__ = ["prepare_tscam_cam", "tscam_sweep_boxes", "tscam_sweep_boxes_reference", "tscam_sweep_ious"]
@@ -28,14 +28,12 @@ def tscam_sweep_boxes(u8, thresholds):
     Equal to ``[tscam_box(u8, t) for t in thresholds]`` (see :func:`tscam_sweep_boxes_reference`).
     """
     cuts = [integer_threshold(u8, t) for t in thresholds]
-    boxes = np.empty((len(cuts), 4), dtype=np.int64)
-    for i, (rects, largest) in enumerate(sweep_contour_rects(u8, cuts)):
-        if largest < 0:
-            boxes[i] = TSCAM_FALLBACK_BOX
-        else:
-            x, y, w, h = rects[largest]
-            boxes[i] = (x, y, x + w, y + h)
-    return boxes
+    sw = sweep_contours(u8, cuts)
+    per_mask = np.tile(np.asarray(TSCAM_FALLBACK_BOX, dtype=np.int64), (len(sw.largest), 1))
+    has = sw.largest >= 0
+    r = sw.rects[sw.largest[has]]
+    per_mask[has] = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], axis=1)
+    return per_mask[sw.mask_of]
 
 
 def tscam_sweep_boxes_reference(u8, thresholds):

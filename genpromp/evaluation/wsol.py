@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from .metrics import (
-    WSOL_FALLBACK_BOX, box_iou_matrix, integer_threshold, prepare_cam, sweep_contour_rects, wsol_boxes,
+    WSOL_FALLBACK_BOX, best_iou_per_group, box_iou_matrix, integer_threshold, prepare_cam, sweep_contours, wsol_boxes,
 )
 
 __all__ = ["prepare_wsol_cam", "wsol_sweep_ious", "wsol_sweep_ious_reference"]
@@ -32,26 +32,19 @@ def _clip(rects, size):
 def wsol_sweep_ious(u8, thresholds, gt_boxes):
     """Best IoU per threshold for V1 (largest contour) and V2 (all contours): two float64 [T].
 
-    One findContours call per distinct mask serves both versions. u8: uint8 [F, F] (square frame);
-    gt_boxes: int [G, 4] in that frame.
+    One findContours call per distinct mask serves both versions and every threshold giving that
+    mask. u8: uint8 [F, F] (square frame); gt_boxes: int [G, 4] in that frame.
     """
     size = u8.shape[0]
-    cuts = [integer_threshold(u8, t) for t in thresholds]
-    v1 = np.empty((len(cuts), 4), dtype=np.int64)
-    parts, counts = [], []
-    for i, (rects, largest) in enumerate(sweep_contour_rects(u8, cuts)):
-        if largest < 0:
-            v1[i] = WSOL_FALLBACK_BOX
-            parts.append(np.array([WSOL_FALLBACK_BOX], dtype=np.int64))
-        else:
-            boxes = _clip(rects, size)
-            v1[i] = boxes[largest]
-            parts.append(boxes)
-        counts.append(len(parts[-1]))
-    all_best = box_iou_matrix(np.concatenate(parts), gt_boxes).max(axis=1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    v2 = np.maximum.reduceat(all_best, starts)
-    return box_iou_matrix(v1, gt_boxes).max(axis=1), v2
+    sw = sweep_contours(u8, [integer_threshold(u8, t) for t in thresholds])
+    boxes = _clip(sw.rects, size)
+    empty = float(box_iou_matrix(WSOL_FALLBACK_BOX, gt_boxes).max())
+    v2 = best_iou_per_group(boxes, sw.starts, sw.counts, gt_boxes, empty)
+    has = sw.largest >= 0
+    v1 = np.full(len(sw.largest), empty, dtype=np.float64)
+    if has.any():
+        v1[has] = box_iou_matrix(boxes[sw.largest[has]], gt_boxes).max(axis=1)
+    return v1[sw.mask_of], v2[sw.mask_of]
 
 
 def wsol_sweep_ious_reference(u8, thresholds, gt_boxes):

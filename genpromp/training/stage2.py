@@ -194,7 +194,7 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
     unet = comps.unet
     unet.requires_grad_(True)
     unet.train()
-    unet.to(device, torch.float32)
+    unet.to(device)  # loaded in fp32; kept fp32 (autocast only for mixed precision)
     concept_ids = {c.class_id: tokenize(comps.tokenizer, [t.format(c.concept_token) for t in TEMPLATES])
                    for c in table.classes}
     meta_ids = {c.class_id: tokenize(comps.tokenizer, [t.format(c.meta_token) for t in TEMPLATES])

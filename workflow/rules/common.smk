@@ -100,5 +100,13 @@ def overlay_targets():
     ] if TEST["n_vis"] > 0 else []
 
 
+TABLES = ["main.csv", "main.md", "combine_ratio.csv", "combine_ratio.png", "threshold_curve.csv",
+          "threshold_curve.png", "error_breakdown.csv", "error_breakdown.md"]
+
+
+def table_targets():
+    return [f"results/tables/{name}" for name in TABLES] if METHOD_DATASETS else []
+
+
 def all_targets():
     return index_targets() + eval_summaries() + ablation_summaries() + table_targets() + overlay_targets()
