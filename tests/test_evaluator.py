@@ -84,3 +84,71 @@ def test_baselines(tmp_path):
     assert center["wsol"]["v2"]["max_box_acc"]["0.3"] == 100.0
     out = write_evaluation(res["center"], tmp_path / "b" / "p.parquet", tmp_path / "b" / "s.json", {"baseline": "center"})
     assert out["baseline"] == "center"
+
+
+def test_eval_part_shards_hand_computed():
+    from genpromp.evaluation.evaluate import eval_part_shards
+    assert eval_part_shards(10, 2, 5) == [[0, 1], [2, 3], [4]]  # 5 CAM shards, round(2.5) = 2 per part
+    assert eval_part_shards(10, 4, 1) == [[0], [1], [2]]  # at least one whole CAM shard per part
+    assert eval_part_shards(50000, 64, 5000) == [list(range(k, min(782, k + 78))) for k in range(0, 782, 78)]
+    assert eval_part_shards(0, 64, 5000) == [[0]]
+
+
+@pytest.mark.parametrize("mode", ["top1", "gtk"])
+def test_sharded_merge_equals_single_job(tmp_path, mode):
+    from genpromp.evaluation.evaluate import eval_part_shards, merge_evaluation, run_evaluate, run_evaluate_part
+    d = write_dataset(tmp_path, n=10, mode=mode, shard_size=2)
+    scores = d["scores"] if mode != "gtk" else None
+    single = run_evaluate(d["cams"], d["index"], SETTINGS, tmp_path / "one.parquet", tmp_path / "one.json",
+                          scores=scores, meta={"cams": "x", "scores": "y"})
+    parts, states = [], []
+    for p, shards in enumerate(reversed(eval_part_shards(10, 2, 5))):  # any part order
+        parts.append(tmp_path / f"part-{p}.parquet")
+        states.append(tmp_path / f"part-{p}.json")
+        st = run_evaluate_part(d["cams"], d["index"], SETTINGS, shards, parts[-1], states[-1], scores=scores)
+        assert st["shards"] == shards
+        assert "NaN" not in states[-1].read_text()
+    merged = merge_evaluation(parts, states, d["index"], SETTINGS, tmp_path / "m.parquet", tmp_path / "m.json",
+                              meta={"cams": "x", "scores": "y"})
+    assert merged == single
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads((tmp_path / "one.json").read_text())
+    assert pq.read_table(tmp_path / "m.parquet").equals(pq.read_table(tmp_path / "one.parquet"))
+    # a missing part and an overlapping part are errors naming the problem
+    with pytest.raises(InputError, match="in no evaluation part"):
+        merge_evaluation(parts[1:], states[1:], d["index"], SETTINGS, tmp_path / "x.parquet", tmp_path / "x.json")
+    with pytest.raises(InputError, match="parts overlap"):
+        merge_evaluation(parts + parts[:1], states + states[:1], d["index"], SETTINGS, tmp_path / "x.parquet",
+                         tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_merge_cli(tmp_path):
+    d = write_dataset(tmp_path, n=6, mode="top1", shard_size=3)
+    for k in (0, 1):
+        run_cli(["evaluate", "--cams", str(d["cams"]), "--index", str(d["index"]), "--scores", str(d["scores"]),
+                 "--shards", str(k), "--per-image", str(tmp_path / f"p{k}.parquet"), "--state",
+                 str(tmp_path / f"s{k}.json"), *CLI_OPTS, "--tscam-sweep", "0", "1", "0.1"])
+    run_cli(["evaluate-merge", "--parts", str(tmp_path / "p0.parquet"), str(tmp_path / "p1.parquet"),
+             "--states", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--index", str(d["index"]),
+             "--per-image", str(tmp_path / "m.parquet"), "--summary", str(tmp_path / "m.json"), "--variant", "v",
+             *CLI_OPTS, "--tscam-sweep", "0", "1", "0.1"])
+    s = json.loads((tmp_path / "m.json").read_text())
+    settings = EvalSettings(cam_thr=0.23, frame=128, wsol_frame=64, thresholds=SETTINGS.thresholds,
+                            tscam_thresholds=tuple(np.arange(0, 1, 0.1).tolist()))
+    direct = evaluate_cache(d["cams"], d["index"], settings, scores_path=d["scores"]).compute()
+    assert s["variant"] == "v" and s["n_images"] == 6
+    assert s["tscam"] == json.loads(json.dumps(direct["tscam"]))
+    assert len(s["tscam"]["thresholds"]) == 10 and len(s["thresholds"]) == 20
+
+
+def test_summary_counts_match_per_image_table(tmp_path):
+    d = write_dataset(tmp_path, n=9, mode="top1", shard_size=4)
+    ev = evaluate_cache(d["cams"], d["index"], SETTINGS, scores_path=d["scores"])
+    s, res = ev.compute(), ev.results
+    ious = np.stack([r.wsol_v2 for r in res])
+    for delta in ("0.3", "0.5", "0.7"):  # straightforward MaxBoxAcc from the per-image IoUs
+        curve = [100.0 * sum(row[t] >= float(delta) for row in ious) / len(res) for t in range(ious.shape[1])]
+        assert s["wsol"]["v2"]["max_box_acc"][delta] == pytest.approx(max(curve))
+        assert s["wsol"]["v2"]["best_threshold"][delta] == SETTINGS.thresholds[int(np.argmax(curve))]
+    errs = [r.error for r in res]
+    assert s["tscam"]["error_breakdown"]["Cls"] == pytest.approx(100 * errs.count("Cls") / 9)

@@ -130,3 +130,41 @@ def test_fast_wsol_sweep_equals_loop():
         fast, ref = wsol_sweep_ious(u8, th, gt), wsol_sweep_ious_reference(u8, th, gt)
         np.testing.assert_array_equal(fast[0], ref[0])
         np.testing.assert_array_equal(fast[1], ref[1])
+
+
+def test_normalize_matches_straightforward_formula():
+    import cv2
+    rng = np.random.default_rng(3)
+    for cam in (rng.random((97, 97)).astype(np.float32) * 5 + 0.3, smooth_random_cam(rng)):
+        lo, hi = float(cam.min()), float(cam.max())
+        ref = ((cam - lo) / (hi - lo)).astype(np.float32)
+        np.testing.assert_array_equal(normalize_minmax(cam), ref)
+        r = cv2.resize(cam, (224, 224), interpolation=cv2.INTER_CUBIC)
+        rlo, rhi = float(r.min()), float(r.max())
+        np.testing.assert_array_equal(prepare_cam(cam, 224, cv2.INTER_CUBIC),
+                                      (((r - rlo) / (rhi - rlo)).astype(np.float32) * 255).astype(np.uint8))
+
+
+def test_sweep_contour_rects_equals_per_cut_calls():
+    import cv2
+    from genpromp.evaluation.metrics import find_contours_above, sweep_contour_rects
+    rng = np.random.default_rng(5)
+    for cam in _maps()[:9]:
+        u8 = prepare_wsol_cam(cam, 224)
+        cuts = [int(c) for c in rng.integers(0, 256, 12)] + [0, 255, 7, 7]
+        for cut, (rects, largest) in zip(cuts, sweep_contour_rects(u8, cuts)):
+            contours = find_contours_above(u8, cut)
+            assert rects.tolist() == [list(cv2.boundingRect(c)) for c in contours]
+            areas = [cv2.contourArea(c) for c in contours]
+            assert largest == (int(np.argmax(areas)) if areas else -1)
+
+
+def test_largest_contour_tie_keeps_first():
+    u8 = (blob_cam(64, [(5, 5, 14, 14, 1.0), (40, 40, 49, 49, 1.0), (40, 5, 40, 5, 1.0)]) * 255).astype(np.uint8)
+    th = [0.5]
+    np.testing.assert_array_equal(tscam_sweep_boxes(u8, th), tscam_sweep_boxes_reference(u8, th))
+    # two single pixels: both contours have area 0, the first found wins in both paths
+    dots = np.zeros((32, 32), np.uint8)
+    dots[3, 20] = dots[10, 4] = 255
+    np.testing.assert_array_equal(tscam_sweep_boxes(dots, th), tscam_sweep_boxes_reference(dots, th))
+    assert tscam_sweep_boxes(dots, th).tolist()[0] in ([20, 3, 21, 4], [4, 10, 5, 11])

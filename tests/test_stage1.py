@@ -41,14 +41,16 @@ def test_shard_classes_contiguous():
 
 def test_concurrent_equals_plain_per_class_loop(tiny_model, tiny_dataset):
     """Batched (2 classes per forward, refilled as classes finish) == fresh loop per class."""
-    settings = stage1_settings(gradient_accumulation_steps=2, concurrent_classes=2)
+    settings = stage1_settings(gradient_accumulation_steps=2, concurrent_classes=2, num_train_epochs=1)
     table = load_training_table(*tiny_dataset)
     acc = Accelerator()
     models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
+    plain_models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)  # frozen: shareable
     ids = [c.class_id for c in table.classes]
     rows = stage1.train_classes_concurrent(models, ids, _images(table, settings), settings, acc, progress=False)
     for info in table.classes:
-        plain = stage1.train_class_plain(tiny_model, info, table.images[info.class_id], table.classes, settings)
+        plain = stage1.train_class_plain(tiny_model, info, table.images[info.class_id], table.classes, settings,
+                                         components=plain_models)
         moved = (plain - models.initial_rows[info.class_id]).abs().max().item()
         diff = (plain - rows[info.class_id]).abs().max().item()
         assert moved > 1e-4, "token did not train"
@@ -59,7 +61,8 @@ def test_fix_freezes_other_rows_defect_shrinks_them(tiny_model, tiny_dataset):
     table = load_training_table(*tiny_dataset)
     info = table.classes[0]
     for defect in (False, True):
-        settings = stage1_settings(reproduce_weight_decay_defect=defect, adam_weight_decay=0.5, learning_rate=1e-2)
+        settings = stage1_settings(reproduce_weight_decay_defect=defect, adam_weight_decay=0.5, learning_rate=1e-2,
+                                   num_train_epochs=1)
         models = stage1.load_stage1_models(tiny_model, table.classes)
         before = models.text_encoder.get_input_embeddings().weight.detach().clone()
         row = stage1.train_class_plain(tiny_model, info, table.images[0], table.classes, settings, components=models)
@@ -80,7 +83,7 @@ def test_fix_freezes_other_rows_defect_shrinks_them(tiny_model, tiny_dataset):
 def test_defect_mode_shard_matches_sequential_reference(tiny_model, tiny_dataset, tmp_path):
     """Defect mode in shard 1 (class 2 alone) == the reference's sequential loop over classes 0, 1, 2."""
     settings = stage1_settings(reproduce_weight_decay_defect=True, adam_weight_decay=0.5, learning_rate=1e-2,
-                               num_train_epochs=1)
+                               num_train_epochs=1, max_train_steps=2)
     table = load_training_table(*tiny_dataset)
     models = stage1.load_stage1_models(tiny_model, table.classes)
     ref = {}
@@ -94,15 +97,15 @@ def test_defect_mode_shard_matches_sequential_reference(tiny_model, tiny_dataset
     torch.testing.assert_close(got.embeddings[0], ref[2], rtol=1e-5, atol=1e-6)
 
 
-def test_loss_decreases_on_tiny_example(tiny_model, tiny_dataset, capsys):
+def test_loss_decreases_on_tiny_example(tiny_model, tiny_dataset, capsys, tmp_path):
     """Fixed evaluation batch: MSE before vs after 40 steps of token training (curve printed)."""
-    settings = stage1_settings(max_train_steps=40, num_train_epochs=40, learning_rate=5e-2, batch_size=3)
+    settings = stage1_settings(max_train_steps=16, num_train_epochs=16, learning_rate=1e-1, batch_size=2)
     table = load_training_table(*tiny_dataset)
     acc = Accelerator()
     models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
     images = _images(table, settings)
     from genpromp.training.data import MicroStep
-    eval_steps = [MicroStep(0, 0, 10_000 + k, (0, 1, 2), False) for k in range(6)]
+    eval_steps = [MicroStep(0, 0, 10_000 + k, (0, 1, 2), False) for k in range(4)]
 
     def eval_loss(row):
         embed = models.text_encoder.get_input_embeddings()
@@ -111,14 +114,14 @@ def test_loss_decreases_on_tiny_example(tiny_model, tiny_dataset, capsys):
             return sum(stage1._forward_loss(models, *stage1._step_inputs(models, settings, 1, images[1], st),
                                             accelerator=acc).mean().item() for st in eval_steps) / len(eval_steps)
 
-    log = Path(acc.project_dir or ".") / "unused"
-    rows = stage1.train_classes_concurrent(models, [1], images, settings, acc, progress=False,
-                                           log_path=None)
+    log = tmp_path / "log.csv"
+    rows = stage1.train_classes_concurrent(models, [1], images, settings, acc, progress=False, log_path=log)
+    curve = [float(r.split(",")[5]) for r in log.read_text().splitlines()[1:]]
     before, after = eval_loss(models.initial_rows[1].clone()), eval_loss(rows[1])
     with capsys.disabled():
-        print(f"\nstage-1 eval loss before {before:.4f} after {after:.4f}")
+        print(f"\nstage-1 eval loss before {before:.4f} after {after:.4f}; training curve (means of 4): "
+              + " ".join(f"{sum(curve[i:i + 4]) / 4:.4f}" for i in range(0, len(curve), 4)))
     assert after < before
-    del log
 
 
 def _run_shard_script(model, data, out, settings, pause_after_first_checkpoint):

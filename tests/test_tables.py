@@ -10,7 +10,8 @@ from genpromp.evaluation.tables import to_markdown, write_tables
 
 from eval_fixtures import write_dataset
 
-SETTINGS = EvalSettings(frame=96, wsol_frame=64, thresholds=tuple(np.arange(0, 1, 0.1).tolist()))
+SETTINGS = EvalSettings(frame=96, wsol_frame=64, thresholds=tuple(np.arange(0, 1, 0.05).tolist()),
+                       tscam_thresholds=tuple(np.arange(0, 1, 0.1).tolist()))
 
 
 def test_write_tables(tmp_path):

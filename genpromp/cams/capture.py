@@ -287,8 +287,9 @@ def resize_group_map(maps, size):
 def combine_group_maps(group_maps, size):
     """CAMs from per-group maps: resize each group bicubically to ``size``, average the groups, divide by max.
 
-    group_maps: {name: float32 [N, h_g, w_g]} → float32 [N, size, size], each map's maximum 1 (a map whose
-    maximum is not positive is returned unscaled... it cannot occur: probabilities are positive).
+    group_maps: {name: float32 [N, h_g, w_g]} → float32 [N, size, size], each map's maximum 1 (attention
+    probabilities are positive, so the maximum is too; bicubic overshoot can leave tiny negatives, which the
+    caller clamps to 0 for the cache).
     """
     stacked = torch.stack([resize_group_map(m.float(), size) for m in group_maps.values()])
     cams = stacked.mean(dim=0)

@@ -20,28 +20,51 @@ import pyarrow.parquet as pq
 from ..cams.cache import CamCache, read_cam_shard, shard_filename
 from ..errors import InputError
 from ..io import atomic_path, write_text_atomic
-from .evaluator import EvalSettings, Evaluator, ImageInput, ImageResult, evaluate_image
+from .evaluator import (
+    EvalSettings, Evaluator, ImageInput, ImageResult, evaluate_image, merge_states, summary_from_state,
+)
 from .metrics import (
     box_iou_matrix, center_gaussian_cam, classify_top1_error, full_image_box, scale_boxes_tscam,
     scale_boxes_wsol, threshold_list,
 )
 
 __all__ = [
-    "load_test_index", "load_scores", "settings_from_config", "evaluate_cache", "evaluate_baselines",
-    "results_table", "write_evaluation", "run_evaluate", "register_cli",
+    "load_test_index", "load_scores", "settings_from_params", "settings_from_config", "eval_part_shards",
+    "evaluate_cache", "evaluate_baselines", "results_table", "write_evaluation", "run_evaluate",
+    "run_evaluate_part", "merge_evaluation", "run_baselines", "register_cli",
 ]
 log = logging.getLogger(__name__)
 
 
+def settings_from_params(evaluation, cam_thr):
+    """EvalSettings from the config's ``evaluation`` section (a dict) and a dataset's ``cam_thr``.
+
+    ``evaluation.sweep`` is the wsolevaluation τ list; ``evaluation.tscam_sweep`` (default
+    {start 0, stop 1, step 0.05}) the TS-CAM curve.
+    """
+    sw = evaluation["sweep"]
+    ts = evaluation.get("tscam_sweep") or {"start": 0.0, "stop": 1.0, "step": 0.05}
+    return EvalSettings(cam_thr=float(cam_thr), frame=int(evaluation["frame"]), wsol_frame=int(evaluation["wsol_frame"]),
+                        thresholds=tuple(threshold_list(sw["start"], sw["stop"], sw["step"]).tolist()),
+                        tscam_thresholds=tuple(threshold_list(ts["start"], ts["stop"], ts["step"]).tolist()),
+                        iou_thresholds=tuple(float(d) for d in evaluation["iou_thresholds"]),
+                        protocols=tuple(evaluation["protocols"]))
+
+
 def settings_from_config(config, dataset):
     """EvalSettings from a validated config dict and a dataset name."""
-    ev = config["evaluation"]
-    sw = ev["sweep"]
-    return EvalSettings(cam_thr=float(config["datasets"][dataset]["cam_thr"]), frame=int(ev["frame"]),
-                        wsol_frame=int(ev["wsol_frame"]),
-                        thresholds=tuple(threshold_list(sw["start"], sw["stop"], sw["step"]).tolist()),
-                        iou_thresholds=tuple(float(d) for d in ev["iou_thresholds"]),
-                        protocols=tuple(ev["protocols"]))
+    return settings_from_params(config["evaluation"], config["datasets"][dataset]["cam_thr"])
+
+
+def eval_part_shards(n_images, cam_shard_size, eval_shard_size):
+    """CAM shard numbers of each evaluation part: list of lists.
+
+    A part holds ``max(1, round(eval_shard_size / cam_shard_size))`` whole CAM shards; there are
+    ``max(1, ceil(n_images / cam_shard_size))`` CAM shards (the CAM stage's count).
+    """
+    n_cam = max(1, -(-int(n_images) // int(cam_shard_size)))
+    per = max(1, round(int(eval_shard_size) / int(cam_shard_size)))
+    return [list(range(k, min(n_cam, k + per))) for k in range(0, n_cam, per)]
 
 
 def load_test_index(path):
@@ -87,14 +110,15 @@ def _evaluate_shard(args):
     return [evaluate_image(inp, settings) for inp in _shard_inputs(folder, k, rows, gts, scores)]
 
 
-def _check_coverage(cache, index, scores, scores_path):
+def _check_coverage(cache, index, scores, scores_path, part=None):
     have = set(cache.index.loc[cache.index["role"] == "gt", "image_id"])
-    missing = [i for i in index["image_id"] if i not in have]
+    wanted = index["image_id"] if part is None else [i for i in dict.fromkeys(cache.index["image_id"])]
+    missing = [i for i in wanted if i not in have]
     if missing:
         raise InputError(cache.index_path, f"{len(missing)} test images have no 'gt'-role map (first: "
                                            f"{missing[0]!r}); re-run the CAM extraction for this variant")
     if scores is not None:
-        lacking = [i for i in index["image_id"] if i not in scores]
+        lacking = [i for i in wanted if i not in scores]
         if lacking:
             raise InputError(scores_path, f"{len(lacking)} test images have no classifier scores (first: {lacking[0]!r})")
         top1 = cache.index[cache.index["role"] == "top1"]
@@ -105,16 +129,25 @@ def _check_coverage(cache, index, scores, scores_path):
                                                    "other scores", pos)
 
 
-def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1):
-    """Evaluate every test image of a CAM cache; return an :class:`Evaluator` holding the results.
+def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1, shards=None):
+    """Evaluate the test images of a CAM cache; return an :class:`Evaluator` holding the results.
 
     scores_path: classifier scores parquet (needed for Top-1/Top-5 Loc, Cls and the breakdown;
     None → GT-known metrics only). threads > 1 evaluates shards in that many worker processes.
+    shards: CAM shard numbers to evaluate (one evaluation part); None → all, and the cache must
+    cover the whole test index (a part's coverage is checked when the parts are merged).
     """
     cache = CamCache(cam_dir)
+    if shards is not None:
+        known = set(cache.shard_numbers())
+        bad = [int(k) for k in shards if int(k) not in known]
+        if bad:
+            raise InputError(cache.index_path, f"CAM shards {bad} are not in the cache index; the evaluation "
+                                               "part was planned for a different test set or test.shard_size")
+        cache.index = cache.index[cache.index["shard"].isin([int(k) for k in shards])]  # keep row numbers
     index = load_test_index(index_path)
     scores = load_scores(scores_path) if scores_path else None
-    _check_coverage(cache, index, scores, scores_path)
+    _check_coverage(cache, index, scores, scores_path, part=shards)
     ids = set(index["image_id"])
     gts, jobs = {}, []
     for k in cache.shard_numbers():
@@ -126,7 +159,7 @@ def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1):
         jobs.append((str(cam_dir), k, rows, {i: gts[i] for i in dict.fromkeys(sub["image_id"])},
                      {i: scores[i] for i in dict.fromkeys(sub["image_id"])} if scores is not None else None,
                      settings))
-    if len(ids) != len(gts):
+    if shards is None and len(ids) != len(gts):
         raise InputError(cache.index_path, "the cache does not cover the test index")
     evaluator = Evaluator(settings)
     if threads > 1 and len(jobs) > 1:
@@ -143,11 +176,11 @@ def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1):
     return evaluator
 
 
-def _fixed_box_result(iid, label, gt_tscam, gt_wsol, box_t, box_w, top5, n_thr):
+def _fixed_box_result(iid, label, gt_tscam, gt_wsol, box_t, box_w, top5, n_thr, n_ts):
     iou = float(box_iou_matrix(box_t, gt_tscam).max())
     iou_w = float(box_iou_matrix(box_w, gt_wsol).max())
     res = ImageResult(iid, label, None, None, None, list(box_t), iou, iou >= 0.5, None, None, None, None, None,
-                      np.full(n_thr, iou, np.float32), np.full(n_thr, iou_w, np.float32), np.full(n_thr, iou_w, np.float32))
+                      np.full(n_ts, iou, np.float32), np.full(n_thr, iou_w, np.float32), np.full(n_thr, iou_w, np.float32))
     if top5 is not None:
         res.top1_id, res.cls1, res.cls5 = top5[0], top5[0] == label, label in top5
         res.box_top1, res.iou_top1 = list(box_t), iou
@@ -175,7 +208,8 @@ def evaluate_baselines(index_path, settings, scores_path=None, cam_size=64):
                                             {"gt": (int(label), center_map)}, top5))
         out["full"].add_result(_fixed_box_result(
             iid, int(label), scale_boxes_tscam(gt, w, h, settings.frame), scale_boxes_wsol(gt, w, h, settings.wsol_frame),
-            full_image_box(settings.frame), full_image_box(settings.wsol_frame), top5, n_thr))
+            full_image_box(settings.frame), full_image_box(settings.wsol_frame), top5, n_thr,
+            len(settings.tscam_thresholds)))
     return out
 
 
@@ -222,6 +256,62 @@ def run_evaluate(cams, index, settings, per_image, summary, scores=None, threads
     return write_evaluation(evaluator, per_image, summary, meta)
 
 
+def run_evaluate_part(cams, index, settings, shards, per_image, state, scores=None, threads=1):
+    """Evaluate the CAM shards ``shards`` of a cache: write a partial per-image parquet and the
+    accumulator state JSON (integer counts, :func:`~.evaluator.state_from_results`). Returns the state."""
+    evaluator = evaluate_cache(cams, index, settings, scores_path=scores, threads=threads, shards=list(shards))
+    st = {"shards": [int(k) for k in shards], "state": evaluator.state()}
+    with atomic_path(per_image) as tmp:
+        pq.write_table(results_table(evaluator.results), tmp)
+    write_text_atomic(state, json.dumps(st) + "\n")
+    return st
+
+
+def _read_state(path):
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        return data["shards"], data["state"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"cannot read evaluation state ({exc}); re-run rule evaluate_shard") from exc
+
+
+def merge_evaluation(parts, states, index, settings, per_image, summary, meta=None):
+    """Merge evaluation parts into the per-image parquet (test-index order) and the summary JSON.
+
+    parts / states: per-part parquet and state JSON paths (same order). Every test image must occur
+    in exactly one part. The numbers equal a single-job :func:`run_evaluate` (same per-image rows,
+    summary from the summed integer counts). Returns the summary dict.
+    """
+    if len(parts) != len(states) or not parts:
+        raise InputError("<merge>", f"{len(parts)} part tables but {len(states)} state files; give one of each per part")
+    order = {iid: i for i, iid in enumerate(load_test_index(index)["image_id"])}
+    tables, loaded, seen = [], [], {}
+    for part, st in zip(parts, states):
+        table = pq.read_table(part)
+        for iid in table.column("image_id").to_pylist():
+            if iid not in order:
+                raise InputError(part, f"image {iid!r} is not in the test index {index}; the part belongs to another dataset")
+            if iid in seen:
+                raise InputError(part, f"image {iid!r} was also evaluated in {seen[iid]}; the parts overlap")
+            seen[iid] = str(part)
+        tables.append(table)
+        loaded.append(_read_state(st)[1])
+    missing = [i for i in order if i not in seen]
+    if missing:
+        raise InputError(index, f"{len(missing)} test images are in no evaluation part (first: {missing[0]!r}); "
+                                "re-run the evaluation for this variant")
+    merged = pa.concat_tables(tables)
+    pos = np.array([order[i] for i in merged.column("image_id").to_pylist()], dtype=np.int64)
+    merged = merged.take(pa.array(np.argsort(pos, kind="stable")))
+    out = dict(meta or {})
+    out.update(summary_from_state(merge_states(loaded), settings))
+    with atomic_path(per_image) as tmp:
+        pq.write_table(merged, tmp)
+    write_text_atomic(summary, json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def run_baselines(index, settings, out_dir, scores=None, meta=None):
     """Score the baselines; write ``<out_dir>/<name>/{per_image.parquet,summary.json}``; return summaries."""
     out = {}
@@ -235,15 +325,26 @@ def run_baselines(index, settings, out_dir, scores=None, meta=None):
 def _settings_from_args(args):
     return EvalSettings(cam_thr=args.cam_thr, frame=args.frame, wsol_frame=args.wsol_frame,
                         thresholds=tuple(threshold_list(*args.sweep).tolist()),
+                        tscam_thresholds=tuple(threshold_list(*args.tscam_sweep).tolist()),
                         iou_thresholds=tuple(args.iou_thresholds), protocols=tuple(args.protocols))
+
+
+def _meta_from_args(args):
+    return {k: v for k, v in (("dataset", args.dataset), ("run", args.run), ("variant", args.variant),
+                              ("mode", args.mode), ("ratio", args.ratio)) if v is not None}
 
 
 def _cli(args):
     settings = _settings_from_args(args)
-    meta = {k: v for k, v in (("dataset", args.dataset), ("run", args.run), ("variant", args.variant),
-                              ("mode", args.mode), ("ratio", args.ratio)) if v is not None}
+    meta = _meta_from_args(args)
     if args.baselines:
         run_baselines(args.index, settings, args.baselines, scores=args.scores, meta=meta)
+        return
+    if args.shards is not None:
+        if not (args.cams and args.per_image and args.state):
+            raise InputError("<command line>", "--shards needs --cams, --per-image and --state")
+        run_evaluate_part(args.cams, args.index, settings, args.shards, args.per_image, args.state,
+                          scores=args.scores, threads=args.threads)
         return
     if not (args.cams and args.per_image and args.summary):
         raise InputError("<command line>", "--cams, --per-image and --summary are required (or use --baselines DIR)")
@@ -252,34 +353,64 @@ def _cli(args):
     log.info("evaluated %d images: GT-known %.2f%%", s["n_images"], s["tscam"]["gt_known"])
 
 
-def register_cli(subparsers):
-    p = subparsers.add_parser(
-        "evaluate", help="score a CAM cache (TS-CAM protocol + wsolevaluation MaxBoxAccV2)",
-        description="Score a CAM cache folder (docs/FORMATS.md) against the test index: Top-1/Top-5/GT-known "
-                    "Loc at --cam-thr, the threshold sweep of both protocols, MaxBoxAcc(V2). Writes a per-image "
-                    "parquet and a summary JSON. With --baselines DIR, scores the centre-Gaussian and "
-                    "full-image baselines instead (no CAMs needed).")
-    p.add_argument("--cams", help="CAM cache folder (shard-*.npz + index.parquet)")
-    p.add_argument("--index", required=True, help="test index parquet (results/<dataset>/index/test.parquet)")
-    p.add_argument("--scores", default=None, help="classifier scores parquet; needed for Top-1/Top-5 Loc, Cls "
-                                                  "and the error breakdown (omit for GT-known only)")
-    p.add_argument("--per-image", help="output per-image parquet")
-    p.add_argument("--summary", help="output summary JSON")
-    p.add_argument("--baselines", default=None, metavar="DIR", help="score the baselines into DIR/{center,full}/")
+def _merge_cli(args):
+    merge_evaluation(args.parts, args.states, args.index, _settings_from_args(args), args.per_image, args.summary,
+                     meta=_meta_from_args(args))
+
+
+def _add_settings_options(p):
     p.add_argument("--cam-thr", type=float, default=0.23, help="TS-CAM threshold (config datasets.<d>.cam_thr; "
                                                               "0.23 CUB, 0.25 ImageNet)")
     p.add_argument("--frame", type=int, default=512, help="TS-CAM evaluation frame (evaluation.frame)")
     p.add_argument("--wsol-frame", type=int, default=224, help="wsolevaluation frame (evaluation.wsol_frame)")
     p.add_argument("--sweep", type=float, nargs=3, default=[0.0, 1.0, 0.01], metavar=("START", "STOP", "STEP"),
-                   help="threshold sweep np.arange(START, STOP, STEP) (evaluation.sweep)")
+                   help="wsolevaluation threshold sweep np.arange(START, STOP, STEP) for MaxBoxAcc/V2 "
+                        "(evaluation.sweep)")
+    p.add_argument("--tscam-sweep", type=float, nargs=3, default=[0.0, 1.0, 0.05], metavar=("START", "STOP", "STEP"),
+                   help="TS-CAM-protocol threshold curve np.arange(START, STOP, STEP) (evaluation.tscam_sweep); "
+                        "the Loc numbers at --cam-thr are computed exactly whatever this is")
     p.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7],
                    help="IoU thresholds δ of MaxBoxAccV2 (evaluation.iou_thresholds)")
     p.add_argument("--protocols", nargs="+", default=["tscam", "wsol"], choices=["tscam", "wsol"],
                    help="which threshold sweeps to run (the cam_thr point metrics always run)")
-    p.add_argument("--threads", type=int, default=1, help="worker processes (one CAM shard per task)")
     p.add_argument("--dataset", default=None, help="dataset name recorded in the summary")
     p.add_argument("--run", default=None, help="run name recorded in the summary")
     p.add_argument("--variant", default=None, help="variant name recorded in the summary")
     p.add_argument("--mode", default=None, choices=["gtk", "top1", "top5"], help="CAM mode recorded in the summary")
     p.add_argument("--ratio", type=float, default=None, help="combine ratio w recorded in the summary")
+
+
+def register_cli(subparsers):
+    p = subparsers.add_parser(
+        "evaluate", help="score a CAM cache (TS-CAM protocol + wsolevaluation MaxBoxAccV2)",
+        description="Score a CAM cache folder (docs/FORMATS.md) against the test index: Top-1/Top-5/GT-known "
+                    "Loc at --cam-thr, the threshold sweeps of both protocols, MaxBoxAcc(V2). Writes a per-image "
+                    "parquet and a summary JSON. With --shards, scores only those CAM shards and writes a partial "
+                    "per-image parquet plus --state (merge with `genpromp evaluate-merge`). With --baselines DIR, "
+                    "scores the centre-Gaussian and full-image baselines instead (no CAMs needed).")
+    p.add_argument("--cams", help="CAM cache folder (shard-*.npz + index.parquet)")
+    p.add_argument("--index", required=True, help="test index parquet (results/<dataset>/index/test.parquet)")
+    p.add_argument("--scores", default=None, help="classifier scores parquet; needed for Top-1/Top-5 Loc, Cls "
+                                                  "and the error breakdown (omit for GT-known only)")
+    p.add_argument("--per-image", help="output per-image parquet (partial with --shards)")
+    p.add_argument("--summary", help="output summary JSON (not with --shards)")
+    p.add_argument("--shards", type=int, nargs="+", default=None, metavar="K",
+                   help="evaluate only these CAM shard numbers (one evaluation part); needs --state")
+    p.add_argument("--state", default=None, help="output accumulator state JSON of the part (with --shards)")
+    p.add_argument("--baselines", default=None, metavar="DIR", help="score the baselines into DIR/{center,full}/")
+    p.add_argument("--threads", type=int, default=1, help="worker processes (one CAM shard per task)")
+    _add_settings_options(p)
     p.set_defaults(func=_cli)
+    m = subparsers.add_parser(
+        "evaluate-merge", help="merge evaluation parts into per_image.parquet + summary.json",
+        description="Merge the partial per-image parquets and state JSONs written by `genpromp evaluate --shards` "
+                    "into one per-image parquet (test-index order) and the summary JSON; the numbers equal a "
+                    "single `genpromp evaluate` run. Every test image must be in exactly one part. The settings "
+                    "options must match the ones the parts were computed with.")
+    m.add_argument("--parts", nargs="+", required=True, help="partial per-image parquets")
+    m.add_argument("--states", nargs="+", required=True, help="state JSONs, in the same order as --parts")
+    m.add_argument("--index", required=True, help="test index parquet (results/<dataset>/index/test.parquet)")
+    m.add_argument("--per-image", required=True, help="output per-image parquet")
+    m.add_argument("--summary", required=True, help="output summary JSON")
+    _add_settings_options(m)
+    m.set_defaults(func=_merge_cli)

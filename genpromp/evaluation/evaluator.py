@@ -22,23 +22,30 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .metrics import (
-    ERROR_CATEGORIES, box_acc_curve, box_iou_matrix, classify_top1_error, max_box_acc,
+    ERROR_CATEGORIES, box_iou_matrix, classify_top1_error,
     scale_boxes_tscam, scale_boxes_wsol, tscam_box,
 )
 from .tscam import prepare_tscam_cam, tscam_sweep_boxes, tscam_sweep_ious
 from .wsol import prepare_wsol_cam, wsol_sweep_ious
 
-__all__ = ["EvalSettings", "ImageInput", "ImageResult", "Evaluator", "evaluate_image", "summarize_results"]
+__all__ = ["EvalSettings", "ImageInput", "ImageResult", "Evaluator", "evaluate_image", "summarize_results",
+           "state_from_results", "merge_states", "summary_from_state", "json_copy"]
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Protocol parameters (config ``evaluation`` + the dataset's ``cam_thr``)."""
+    """Protocol parameters (config ``evaluation`` + the dataset's ``cam_thr``).
+
+    ``thresholds`` is the wsolevaluation τ list (MaxBoxAcc/V2, the field's 100-step sweep);
+    ``tscam_thresholds`` the TS-CAM-protocol curve (figure only; the Loc numbers at ``cam_thr`` are
+    always computed exactly at ``cam_thr``).
+    """
 
     cam_thr: float = 0.23
     frame: int = 512
     wsol_frame: int = 224
-    thresholds: tuple = tuple(np.arange(0.0, 1.0, 0.01).tolist())
+    thresholds: tuple = tuple(np.arange(0.0, 1.0, 0.01).tolist())  # wsolevaluation sweep (evaluation.sweep)
+    tscam_thresholds: tuple = tuple(np.arange(0.0, 1.0, 0.05).tolist())  # TS-CAM curve (evaluation.tscam_sweep)
     iou_thresholds: tuple = (0.3, 0.5, 0.7)
     protocols: tuple = ("tscam", "wsol")
 
@@ -61,7 +68,7 @@ class ImageInput:
 class ImageResult:
     """Scores of one image. Boxes are frame pixels, x1y1x2y2 inclusive (TS-CAM frame).
 
-    ``tscam_ious`` [T]: GT-class box IoU per sweep threshold (TS-CAM); ``wsol_v1`` / ``wsol_v2`` [T]:
+    ``tscam_ious`` [T']: GT-class box IoU per TS-CAM curve threshold; ``wsol_v1`` / ``wsol_v2`` [T]:
     best IoU per τ (wsolevaluation, largest / all contours). Fields of a protocol not run are empty.
     """
 
@@ -89,6 +96,11 @@ def _tscam_point(cam, gt_frame, settings):
     return u8, box, float(box_iou_matrix(box, gt_frame).max())
 
 
+def _same_map(a, b):
+    """True when two (class_id, cam) entries hold the same class and bit-identical maps."""
+    return a[0] == b[0] and (a[1] is b[1] or np.array_equal(a[1], b[1]))
+
+
 def evaluate_image(inp, settings):
     """Score one :class:`ImageInput` under ``settings``; return an :class:`ImageResult`."""
     if "gt" not in inp.maps:
@@ -101,7 +113,9 @@ def evaluate_image(inp, settings):
         top5 = [int(c) for c in inp.top5_ids]
         res.top1_id, res.cls1, res.cls5 = top5[0], top5[0] == inp.label, inp.label in top5
         res.top5_loc = bool(res.cls5 and iou_gt > 0.5)
-        if "top1" in inp.maps:
+        if "top1" in inp.maps and _same_map(inp.maps["top1"], inp.maps["gt"]):
+            box_top1, iou_top1 = box_gt, iou_gt  # one map per class: identical input, identical box
+        elif "top1" in inp.maps:
             _, box_top1, iou_top1 = _tscam_point(inp.maps["top1"][1], gt_frame, settings)
         else:  # no top-1 map stored (gtk cache): only meaningful when the class is right
             box_top1, iou_top1 = (box_gt, iou_gt) if res.cls1 else (None, None)
@@ -110,7 +124,7 @@ def evaluate_image(inp, settings):
         res.top1_loc = bool(res.cls1 and iou_top1 is not None and iou_top1 > 0.5)
         res.error = classify_top1_error(res.cls1, res.box_top1, gt_frame) if res.box_top1 is not None else "Cls"
     if "tscam" in settings.protocols:
-        res.tscam_ious = tscam_sweep_ious(tscam_sweep_boxes(u8, settings.thresholds), gt_frame).astype(np.float32)
+        res.tscam_ious = tscam_sweep_ious(tscam_sweep_boxes(u8, settings.tscam_thresholds), gt_frame).astype(np.float32)
     if "wsol" in settings.protocols:
         gt_w = scale_boxes_wsol(inp.gt_boxes, inp.width, inp.height, settings.wsol_frame)
         u8w = prepare_wsol_cam(inp.maps["gt"][1], settings.wsol_frame)
@@ -119,55 +133,140 @@ def evaluate_image(inp, settings):
     return res
 
 
-def _pct(values):
+def _count(values):
+    """(number of True, number of non-None) of a list of bool-or-None."""
     values = [v for v in values if v is not None]
-    return float(np.mean(values) * 100.0) if values else None
+    return [int(sum(bool(v) for v in values)), len(values)]
 
 
-def _wsol_summary(ious, thresholds, deltas):
-    acc, idx, mean = max_box_acc(ious, deltas)
+def _pct(count):
+    """Percentage of a ``[hits, n]`` pair (None when n = 0); equal to ``np.mean(bools) * 100``."""
+    hits, n = count
+    return float(hits / n * 100.0) if n else None
+
+
+def state_from_results(results, settings):
+    """Accumulator state of a list of :class:`ImageResult`: integer counts only (JSON-serialisable).
+
+    Keys: ``n_images``, ``has_cls``, ``point`` ({metric: [hits, n]}), ``errors`` ({category: count}),
+    ``tscam_curve`` ({metric: [hits per TS-CAM threshold]}), ``wsol`` ({"v1"|"v2": {δ: [hits per τ]}}).
+    States of disjoint image sets add up (:func:`merge_states`); :func:`summary_from_state` turns one
+    into the summary dict.
+    """
+    n = len(results)
+    has_cls = n > 0 and results[0].cls1 is not None
+    state = {"n_images": n, "has_cls": has_cls,
+             "point": {k: _count([getattr(r, k) for r in results])
+                       for k in ("gt_known", "top1_loc", "top5_loc", "cls1", "cls5")},
+             "errors": None, "tscam_curve": None, "wsol": None}
+    if has_cls:
+        cats = [r.error for r in results]
+        state["errors"] = {c: cats.count(c) for c in ERROR_CATEGORIES}
+    if "tscam" in settings.protocols and n:
+        ious = np.stack([r.tscam_ious for r in results]).astype(np.float64)
+        curve = {"gt_known": (ious >= 0.5).sum(axis=0).tolist()}
+        if has_cls:
+            cls1 = np.array([r.cls1 for r in results])[:, None]
+            cls5 = np.array([r.cls5 for r in results])[:, None]
+            curve["top1_loc"] = ((ious > 0.5) & cls1).sum(axis=0).tolist()
+            curve["top5_loc"] = ((ious > 0.5) & cls5).sum(axis=0).tolist()
+        state["tscam_curve"] = curve
+    if "wsol" in settings.protocols and n:
+        state["wsol"] = {v: {f"{float(d):g}": (np.stack([getattr(r, f"wsol_{v}") for r in results]).astype(np.float64)
+                                              >= float(d)).sum(axis=0).tolist() for d in settings.iou_thresholds}
+                         for v in ("v1", "v2")}
+    return state
+
+
+def merge_states(states):
+    """Sum accumulator states of disjoint image sets (any order): one state.
+
+    Empty states (0 images) are neutral; all non-empty ones must agree on ``has_cls`` and on the
+    curves present (same settings), else ValueError.
+    """
+    states = [s for s in states if s["n_images"] > 0]
+    if not states:
+        raise ValueError("no non-empty evaluation state to merge")
+    out = json_copy(states[0])
+    for s in states[1:]:
+        if s["has_cls"] != out["has_cls"] or (s["tscam_curve"] is None) != (out["tscam_curve"] is None) \
+                or (s["wsol"] is None) != (out["wsol"] is None):
+            raise ValueError("evaluation states were computed with different settings or score availability")
+        out["n_images"] += s["n_images"]
+        for k, (hits, n) in s["point"].items():
+            out["point"][k] = [out["point"][k][0] + hits, out["point"][k][1] + n]
+        if out["errors"] is not None:
+            out["errors"] = {c: out["errors"][c] + s["errors"][c] for c in ERROR_CATEGORIES}
+        if out["tscam_curve"] is not None:
+            out["tscam_curve"] = {k: _add(v, s["tscam_curve"][k]) for k, v in out["tscam_curve"].items()}
+        if out["wsol"] is not None:
+            out["wsol"] = {v: {d: _add(c, s["wsol"][v][d]) for d, c in per.items()} for v, per in out["wsol"].items()}
+    return out
+
+
+def json_copy(obj):
+    """Deep copy of a JSON-like structure (dicts, lists, scalars)."""
+    if isinstance(obj, dict):
+        return {k: json_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_copy(v) for v in obj]
+    return obj
+
+
+def _add(a, b):
+    if len(a) != len(b):
+        raise ValueError(f"curve lengths differ ({len(a)} vs {len(b)}): states from different sweeps")
+    return [int(x) + int(y) for x, y in zip(a, b)]
+
+
+def _curve(hits, n):
+    """Percent curve from per-threshold hit counts: float64 [T] (== (bools).mean(axis=0) · 100)."""
+    return np.asarray(hits, dtype=np.float64) / n * 100.0
+
+
+def _wsol_summary(hits_by_delta, n, thresholds):
+    curves = {d: _curve(h, n) for d, h in hits_by_delta.items()}
+    acc = {d: float(c.max()) for d, c in curves.items()}
     return {
-        "max_box_acc": {f"{d:g}": acc[d] for d in acc},
-        "best_threshold": {f"{d:g}": float(thresholds[idx[d]]) for d in idx},
-        "mean": mean,
-        "curve": {f"{d:g}": box_acc_curve(ious, d).tolist() for d in acc},
+        "max_box_acc": acc,
+        "best_threshold": {d: float(thresholds[int(np.argmax(c))]) for d, c in curves.items()},
+        "mean": float(np.mean(list(acc.values()))),
+        "curve": {d: c.tolist() for d, c in curves.items()},
     }
+
+
+def summary_from_state(state, settings):
+    """The summary dict (percentages, 0–100) of an accumulator state (see :func:`state_from_results`)."""
+    n, has_cls = state["n_images"], state["has_cls"]
+    thr = [float(t) for t in settings.thresholds]
+    ts_thr = [float(t) for t in settings.tscam_thresholds]
+    out = {"n_images": n, "thresholds": thr}
+    pt = state["point"]
+    ts = {"cam_thr": settings.cam_thr, "frame": settings.frame, "gt_known": _pct(pt["gt_known"]),
+          "top1_loc": _pct(pt["top1_loc"]) if has_cls else None,
+          "top5_loc": _pct(pt["top5_loc"]) if has_cls else None,
+          "cls1": _pct(pt["cls1"]) if has_cls else None,
+          "cls5": _pct(pt["cls5"]) if has_cls else None,
+          "error_breakdown": None}
+    if has_cls:
+        ts["error_breakdown"] = {c: 100.0 * state["errors"][c] / n for c in ERROR_CATEGORIES}
+    if state["tscam_curve"] is not None:
+        curve = {k: _curve(v, n) for k, v in state["tscam_curve"].items()}
+        gtk = curve["gt_known"]
+        ts["thresholds"] = ts_thr
+        ts["curve"] = {k: v.tolist() for k, v in curve.items()}
+        ts["best_gt_known"] = {"threshold": ts_thr[int(np.argmax(gtk))], "value": float(gtk.max())}
+    out["tscam"] = ts
+    if state["wsol"] is not None:
+        out["wsol"] = {"frame": settings.wsol_frame, "iou_thresholds": [float(d) for d in settings.iou_thresholds],
+                       "v2": _wsol_summary(state["wsol"]["v2"], n, thr),
+                       "v1": _wsol_summary(state["wsol"]["v1"], n, thr)}
+    return out
 
 
 def summarize_results(results, settings):
     """Aggregate a list of :class:`ImageResult` into the summary dict (percentages, 0–100)."""
-    n = len(results)
-    has_cls = n > 0 and results[0].cls1 is not None
-    thr = [float(t) for t in settings.thresholds]
-    out = {"n_images": n, "thresholds": thr}
-    ts = {"cam_thr": settings.cam_thr, "frame": settings.frame,
-          "gt_known": _pct([r.gt_known for r in results]),
-          "top1_loc": _pct([r.top1_loc for r in results]) if has_cls else None,
-          "top5_loc": _pct([r.top5_loc for r in results]) if has_cls else None,
-          "cls1": _pct([r.cls1 for r in results]) if has_cls else None,
-          "cls5": _pct([r.cls5 for r in results]) if has_cls else None,
-          "error_breakdown": None}
-    if has_cls:
-        cats = [r.error for r in results]
-        ts["error_breakdown"] = {c: 100.0 * cats.count(c) / n for c in ERROR_CATEGORIES}
-    if "tscam" in settings.protocols and n:
-        ious = np.stack([r.tscam_ious for r in results]).astype(np.float64)
-        gtk = (ious >= 0.5).mean(axis=0) * 100
-        curve = {"gt_known": gtk.tolist()}
-        if has_cls:
-            cls1 = np.array([r.cls1 for r in results])[:, None]
-            cls5 = np.array([r.cls5 for r in results])[:, None]
-            curve["top1_loc"] = (((ious > 0.5) & cls1).mean(axis=0) * 100).tolist()
-            curve["top5_loc"] = (((ious > 0.5) & cls5).mean(axis=0) * 100).tolist()
-        ts["curve"] = curve
-        ts["best_gt_known"] = {"threshold": thr[int(np.argmax(gtk))], "value": float(gtk.max())}
-    out["tscam"] = ts
-    if "wsol" in settings.protocols and n:
-        deltas = [float(d) for d in settings.iou_thresholds]
-        out["wsol"] = {"frame": settings.wsol_frame, "iou_thresholds": deltas,
-                       "v2": _wsol_summary(np.stack([r.wsol_v2 for r in results]), thr, deltas),
-                       "v1": _wsol_summary(np.stack([r.wsol_v1 for r in results]), thr, deltas)}
-    return out
+    return summary_from_state(state_from_results(results, settings), settings)
 
 
 class Evaluator:
@@ -189,6 +288,10 @@ class Evaluator:
     def add_result(self, result):
         """Keep a result computed elsewhere (e.g. in a worker process)."""
         self.results.append(result)
+
+    def state(self):
+        """Accumulator state (integer counts, JSON-serialisable) of everything accumulated."""
+        return state_from_results(self.results, self.settings)
 
     def compute(self):
         """Summary dict over everything accumulated (see :func:`summarize_results`)."""

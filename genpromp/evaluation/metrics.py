@@ -40,12 +40,11 @@ def threshold_list(start, stop, step):
 def normalize_minmax(cam):
     """Min-max normalise to [0, 1] (float32, same shape); a constant map or one with a NaN → zeros."""
     cam = np.asarray(cam, dtype=np.float32)
-    if np.isnan(cam).any():
+    lo, hi = float(cam.min()), float(cam.max())  # NaN propagates into both
+    if np.isnan(lo) or np.isnan(hi) or hi == lo:
         return np.zeros_like(cam)
-    lo, hi = float(cam.min()), float(cam.max())
-    if hi == lo:
-        return np.zeros_like(cam)
-    return ((cam - lo) / (hi - lo)).astype(np.float32)
+    out = np.subtract(cam, np.float32(lo))
+    return np.divide(out, np.float32(hi - lo), out=out)
 
 
 def resize_cam(cam, frame, interpolation):
@@ -55,7 +54,7 @@ def resize_cam(cam, frame, interpolation):
 
 def cam_to_uint8(cam01):
     """``(cam · 255).astype(uint8)`` of a map in [0, 1] (truncation, as the references do)."""
-    return (np.asarray(cam01, dtype=np.float32) * 255).astype(np.uint8)
+    return np.multiply(np.asarray(cam01, dtype=np.float32), np.float32(255)).astype(np.uint8)
 
 
 def prepare_cam(cam, frame, interpolation):
@@ -274,26 +273,38 @@ def sweep_contours(u8, cuts):
     mcuts = cuts[first]
     r0, c0 = _first_above(rowmax, mcuts), _first_above(colmax, mcuts)
     r1, c1 = h - _first_above(rowmax[::-1], mcuts), w - _first_above(colmax[::-1], mcuts)
-    rects, starts, counts, largest = [], np.zeros(len(uniq), np.int64), np.zeros(len(uniq), np.int64), \
-        np.full(len(uniq), -1, np.int64)
-    n = 0
+    rects, starts = [], np.zeros(len(uniq), np.int64)
+    counts, largest = np.zeros(len(uniq), np.int64), np.full(len(uniq), -1, np.int64)
     for m in range(len(uniq)):
-        starts[m] = n
+        starts[m] = len(rects)
         if uniq[m] == 0:
             continue
         y0, x0 = int(r0[m]), int(c0[m])
         _, mask = cv2.threshold(u8[y0:int(r1[m]), x0:int(c1[m])], int(mcuts[m]), 255, cv2.THRESH_BINARY)
-        contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-        for c in contours:
-            x, y, bw, bh = cv2.boundingRect(c)
-            rects.append((x + x0, y + y0, bw, bh))
-        if len(contours):
-            areas = [cv2.contourArea(c) for c in contours] if len(contours) > 1 else [0.0]
-            largest[m] = n + int(np.argmax(areas))
-        counts[m] = len(contours)
-        n += len(contours)
+        found = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        boxes = [cv2.boundingRect(c) for c in found]
+        largest[m] = len(rects) + (_first_largest(found, boxes) if len(found) > 1 else 0)
+        rects.extend((x + x0, y + y0, w_, h_) for x, y, w_, h_ in boxes)
+        counts[m] = len(found)
     out = np.array(rects, dtype=np.int64).reshape(-1, 4)
     return ContourSweep(out, starts, counts, largest, mask_of.reshape(-1).astype(np.int64))
+
+
+def _first_largest(contours, rects):
+    """Index of the first contour of maximal cv2.contourArea (what ``max(..., key=contourArea)`` picks).
+
+    A contour's polygon lies inside its bounding rect's pixel centres, so its area is at most
+    (w − 1)(h − 1); a contour whose bound is ≤ the best area so far cannot win (ties keep the
+    earlier one) and its area is not computed.
+    """
+    best, best_area = 0, cv2.contourArea(contours[0])
+    for i in range(1, len(contours)):
+        _, _, w, h = rects[i]
+        if (w - 1) * (h - 1) > best_area:
+            area = cv2.contourArea(contours[i])
+            if area > best_area:
+                best, best_area = i, area
+    return best
 
 
 def best_iou_per_group(boxes, starts, counts, gt_boxes, empty_value):

@@ -101,7 +101,7 @@ def threshold_curve_table(paths, meta=None):
     for p in paths:
         s, m = load_summary(p, meta)
         curve = s["tscam"].get("curve", {})
-        thr = s["thresholds"]
+        thr = s["tscam"].get("thresholds", s["thresholds"])  # TS-CAM curve thresholds (evaluation.tscam_sweep)
         for i, t in enumerate(thr):
             rows.append({"dataset": m["dataset"], "run": m["run"], "variant": m["variant"], "threshold": t,
                          "gt_known": curve["gt_known"][i] if "gt_known" in curve else None,

@@ -156,7 +156,7 @@ def load_corpus_images(items, resolution):
         arr = read_rgb(item.path)
         if arr.shape[0] != resolution or arr.shape[1] != resolution:
             arr = np.asarray(Image.fromarray(arr).resize((resolution, resolution), Image.BICUBIC))
-        out[i] = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        out[i] = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
     return out
 
 

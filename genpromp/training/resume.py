@@ -20,7 +20,7 @@ from ..io import atomic_dir
 
 __all__ = [
     "optimizer_state_tensors", "load_optimizer_state", "write_checkpoint", "read_checkpoint",
-    "fingerprint",
+    "fingerprint", "launch_accelerate",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,3 +78,28 @@ def read_checkpoint(folder, expect_fingerprint=None):
         log.warning("%s: checkpoint was made with other settings or inputs; starting from scratch", folder)
         return None
     return tensors, state
+
+
+def launch_accelerate(cli_args, config, gpus, scratch):
+    """Run ``genpromp <cli_args>`` under ``accelerate launch`` on ``gpus`` processes (multi-GPU jobs).
+
+    The resolved ``config`` is written to ``scratch/config.yaml`` and passed with ``--config`` so
+    the child processes see exactly the rule's configuration. Raises GenprompError on failure.
+    """
+    import subprocess
+    import sys
+
+    import yaml
+
+    from ..errors import GenprompError
+
+    scratch = Path(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    cfg = scratch / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+           "-m", "genpromp.cli", *cli_args, "--config", str(cfg)]
+    log.info("launching: %s", " ".join(cmd))
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise GenprompError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}; see the log above")

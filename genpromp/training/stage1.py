@@ -67,7 +67,7 @@ from .resume import fingerprint, load_optimizer_state, optimizer_state_tensors, 
 __all__ = [
     "Stage1Settings", "ConceptTokenEmbedding", "Stage1Models", "load_stage1_models", "class_schedule",
     "shard_classes", "train_classes_concurrent", "train_class_plain", "train_token_shard", "register_cli",
-    "LOG_COLUMNS",
+    "LOG_COLUMNS", "run_train_token_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -592,6 +592,23 @@ def _merge_logs(paths, dest):
             if Path(p).is_file():
                 with open(p) as fh:
                     writer.writerows(csv.DictReader(fh))
+
+
+def run_train_token_job(config, dataset, shard, out, log_csv, results="results"):
+    """What the ``train_token`` rule runs: in-process, or under ``accelerate launch`` when compute.gpus > 1."""
+    gpus = int(config.get("compute", {}).get("gpus", 0))
+    out = Path(out)
+    if gpus > 1:
+        from .resume import launch_accelerate
+
+        launch_accelerate(["train-token", "--dataset", dataset, "--shard", str(shard), "--results", str(results),
+                           "--out", str(out)], config, gpus, out.with_name(out.stem + ".partial"))
+        return out
+    ds = config["datasets"][dataset]
+    index = Path(results) / dataset / "index"
+    return train_token_shard(config["pretrained"], index / "train.parquet", index / "classes.parquet", ds["root"],
+                             out, shard, config["train_token"]["shards"], Stage1Settings.from_config(config),
+                             log_csv)
 
 
 def _run_cli(args):

@@ -38,7 +38,7 @@ from .data import (STREAM_STEP, StepSchedule, derive_generator, draw_step_noise,
                    make_sample, read_image, resize_image)
 from .resume import fingerprint, load_optimizer_state, optimizer_state_tensors
 
-__all__ = ["Stage2Settings", "STAGE2_KEY", "train_unet", "load_concept_tokens", "register_cli", "LOG_COLUMNS"]
+__all__ = ["Stage2Settings", "STAGE2_KEY", "train_unet", "load_concept_tokens", "register_cli", "LOG_COLUMNS", "run_train_unet_job"]
 
 log = logging.getLogger(__name__)
 STAGE2_KEY = 1_000_000_007   # stream key of stage 2 (distinct from every class id)
@@ -266,8 +266,8 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
         with atomic_dir(out_dir) as tmp:
             accelerator.unwrap_model(unet).save_pretrained(tmp)
         if log_csv:
-            shutil.copyfile(log_path, Path(str(log_csv) + ".tmp"))
-            Path(str(log_csv) + ".tmp").replace(log_csv)
+            with atomic_path(log_csv) as tmp:
+                shutil.copyfile(log_path, tmp)
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.end_training()
     return out_dir
@@ -308,6 +308,33 @@ def _file_digest(path):
         import hashlib
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return str(path)
+
+
+def run_train_unet_job(config, dataset, out_dir, log_csv, tokens=None, results="results"):
+    """What the ``train_unet`` rule runs: copy ``load_unet_path``, or train (``accelerate launch`` if gpus > 1)."""
+    from ..models.loading import load_unet
+
+    out_dir = Path(out_dir)
+    given = config["train_unet"].get("load_unet_path")
+    if given:
+        load_unet(given)  # validates: a diffusers unet/ folder
+        with atomic_dir(out_dir) as tmp:
+            shutil.copytree(given, tmp, dirs_exist_ok=True)
+        with atomic_path(log_csv) as tmp:
+            Path(tmp).write_text(",".join(LOG_COLUMNS) + "\n")
+        return out_dir
+    tokens = tokens or Path(results) / dataset / "tokens" / "tokens.safetensors"
+    gpus = int(config.get("compute", {}).get("gpus", 0))
+    if gpus > 1:
+        from .resume import launch_accelerate
+
+        launch_accelerate(["train-unet", "--dataset", dataset, "--results", str(results), "--tokens", str(tokens),
+                           "--out", str(out_dir)], config, gpus, out_dir.with_name(out_dir.name + ".partial"))
+        return out_dir
+    index = Path(results) / dataset / "index"
+    return train_unet(config["pretrained"], index / "train.parquet", index / "classes.parquet",
+                      config["datasets"][dataset]["root"], tokens, out_dir, Stage2Settings.from_config(config),
+                      log_csv)
 
 
 def _run_cli(args):

@@ -1,0 +1,56 @@
+# Stage 1: concept tokens (SPEC § Stage 1). One job per contiguous class shard, then a merge.
+# With train_token.load_token_path set, nothing is trained: merge_tokens converts/validates that
+# file or original tokens/ folder instead. Killed train_token jobs resume from
+# results/<dataset>/tokens/shard-<k>.partial/ (not an output, so Snakemake keeps it).
+
+TRAIN_TOKEN = config["train_token"]
+GPUS = config["compute"]["gpus"]
+SD_SCALE = not config["demo"]["enabled"]   # real SD-1.4: bigger memory / runtime requests
+
+
+def token_shards(wildcards):
+    return expand("results/{dataset}/tokens/shard-{shard}.safetensors", dataset=wildcards.dataset,
+                  shard=range(TRAIN_TOKEN["shards"]))
+
+
+if not TRAIN_TOKEN["load_token_path"]:
+
+    rule train_token:
+        input:
+            train="results/{dataset}/index/train.parquet",
+            classes="results/{dataset}/index/classes.parquet",
+            model=PRETRAINED_MARKER,
+        output:
+            tokens="results/{dataset}/tokens/shard-{shard}.safetensors",
+            log_csv="results/{dataset}/tokens/shard-{shard}.log.csv",
+        params:
+            config=config,
+        log:
+            "logs/tokens/{dataset}/shard-{shard}.log",
+        benchmark:
+            "logs/tokens/{dataset}/shard-{shard}.bench.tsv"
+        threads: 2
+        resources:
+            mem_mb=24000 if SD_SCALE else 4000,
+            runtime=24 * 60 if SD_SCALE else 60,
+            gpu=max(GPUS, 0),
+        script:
+            "../scripts/train_token.py"
+
+
+rule merge_tokens:
+    input:
+        shards=[] if TRAIN_TOKEN["load_token_path"] else token_shards,
+        classes="results/{dataset}/index/classes.parquet",
+    output:
+        "results/{dataset}/tokens/tokens.safetensors",
+    params:
+        load_token_path=TRAIN_TOKEN["load_token_path"],
+    log:
+        "logs/tokens/{dataset}/merge.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/merge_tokens.py"

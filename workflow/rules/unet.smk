@@ -1,0 +1,29 @@
+# Stage 2: finetune the UNet with the learned concept tokens (SPEC § Stage 2).
+# Output: results/<dataset>/unet/ in diffusers layout (marker config.json). A killed job resumes
+# from results/<dataset>/unet.partial/checkpoint (every train_unet.save_steps optimizer steps).
+# With train_unet.load_unet_path set, that finetuned unet/ folder is validated and copied instead.
+
+
+rule train_unet:
+    input:
+        train="results/{dataset}/index/train.parquet",
+        classes="results/{dataset}/index/classes.parquet",
+        tokens="results/{dataset}/tokens/tokens.safetensors",
+        model=PRETRAINED_MARKER,
+    output:
+        marker="results/{dataset}/unet/config.json",
+        log_csv="results/{dataset}/unet.log.csv",
+    params:
+        config=config,
+        load_unet_path=config["train_unet"]["load_unet_path"],
+    log:
+        "logs/unet/{dataset}.log",
+    benchmark:
+        "logs/unet/{dataset}.bench.tsv"
+    threads: 2
+    resources:
+        mem_mb=32000 if not config["demo"]["enabled"] else 4000,
+        runtime=24 * 60 if not config["demo"]["enabled"] else 60,
+        gpu=max(config["compute"]["gpus"], 0),
+    script:
+        "../scripts/train_unet.py"
