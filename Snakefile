@@ -10,7 +10,7 @@ min_version("9.0")
 # on top either way.
 if "datasets" not in config:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

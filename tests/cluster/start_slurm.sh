@@ -35,10 +35,10 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
   command -v apt-get >/dev/null || skip "slurm is not installed and apt-get is unavailable"
   log "installing slurmctld slurmd slurm-client munge with apt-get"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >"$HERE/.apt.log" 2>&1 || skip "apt-get update failed (see $HERE/.apt.log)"
+  mkdir -p "$STATE"
+  apt-get update -qq >"$STATE/apt.log" 2>&1 || skip "apt-get update failed (see $STATE/apt.log)"
   apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge \
-    >>"$HERE/.apt.log" 2>&1 || skip "apt-get install failed (see $HERE/.apt.log)"
-  rm -f "$HERE/.apt.log"
+    >>"$STATE/apt.log" 2>&1 || skip "apt-get install failed (see $STATE/apt.log)"
 fi
 
 # --- 2. configuration --------------------------------------------------------------------
@@ -94,6 +94,7 @@ if ! munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
   else
     /usr/sbin/munged --force
   fi
+  touch "$STATE/munged.ours"   # stop_slurm.sh stops munged only if this script started it
   for _ in $(seq 50); do munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
   munge -n </dev/null | unmunge >/dev/null || { log "munged did not start"; exit 1; }
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop the single-node SLURM cluster started by tests/cluster/start_slurm.sh (slurmd, slurmctld,
-# munged -- each by the pid it recorded). Idempotent: nothing running -> exit 0.
+# munged if start_slurm.sh started it -- each by the pid it recorded). Idempotent: nothing running -> exit 0.
 # Packages and /etc/slurm/*.conf stay, so the next start_slurm.sh takes about 2 s.
 set -uo pipefail
 STATE="${GENPROMP_SLURM_STATE:-/var/tmp/genpromp-slurm}"
@@ -25,5 +25,8 @@ if command -v scontrol >/dev/null && [[ -s "$STATE/slurmctld.pid" ]]; then
 fi
 stop_pidfile "$STATE/slurmd.pid" slurmd
 stop_pidfile "$STATE/slurmctld.pid" slurmctld
-stop_pidfile /run/munge/munged.pid munged
+if [[ -e "$STATE/munged.ours" ]]; then
+  stop_pidfile /run/munge/munged.pid munged
+  rm -f "$STATE/munged.ours"
+fi
 exit 0
