@@ -107,7 +107,7 @@ def test_denoiser_steps_lower_loss_on_fixed_batch(tokenizer_dir, corpus):
     gen = torch.Generator().manual_seed(1)
     scale = scale_from_posteriors(means, stds, gen)
     captions = [it.caption for it in items]
-    latents = means[:8, 0] * scale
+    latents = means[:8] * scale
     noise = torch.randn(latents.shape, generator=gen)
     t = torch.randint(0, 1000, (8,), generator=gen)
     noisy = scheduler.add_noise(latents, noise, t)
@@ -127,7 +127,7 @@ def test_denoiser_steps_lower_loss_on_fixed_batch(tokenizer_dir, corpus):
 
 def test_scaling_factor_makes_latents_unit_variance():
     gen = torch.Generator().manual_seed(0)
-    means = torch.randn(64, 2, 4, 4, 4, generator=gen) * 3.0
+    means = torch.randn(64, 4, 4, 4, generator=gen) * 3.0
     stds = torch.full_like(means, 0.5)
     scale = scale_from_posteriors(means, stds, gen)
     assert scale == pytest.approx(1 / np.sqrt(9.0 + 0.25), rel=0.05)

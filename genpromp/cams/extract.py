@@ -102,9 +102,13 @@ def settings_from_config(config, mode, ratio, timesteps, token_index):
 
 
 def choose_device(mixed_precision="no"):
-    """(device, dtype): the first CUDA device when available, else CPU; mixed precision on GPU only."""
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    dtype = _DTYPES[mixed_precision] if device.type == "cuda" else torch.float32
+    """(device, dtype): the machine's accelerator when one is available, else CPU; mixed precision
+    only on an accelerator (CPU stays fp32)."""
+    if torch.accelerator.is_available():
+        device = torch.accelerator.current_accelerator()
+    else:
+        device = torch.device("cpu")
+    dtype = _DTYPES[mixed_precision] if device.type != "cpu" else torch.float32
     return device, dtype
 
 

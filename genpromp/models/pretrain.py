@@ -14,7 +14,8 @@ Two phases, deterministic for a seed:
    dropped with ``word_dropout`` and a leading "a photo of a" / "a" replaced by one of the seven
    GenPromp templates' prefixes with ``template_prob`` (so every template prefix and short captions
    such as "a photo of a triangle" are seen in training). Latents are drawn from the stored posterior
-   (mean, std) of each image and of its horizontal mirror, so the VAE never runs in this phase.
+   (mean, std) of each image (encoded once; half of the samples mirrored in latent space), so the VAE
+   never runs in this phase.
 
 Afterwards :func:`attention_localization_score` measures what GenPromp needs from the model: on
 freshly rendered single-object probe images (``genpromp.data.synth.render_scene``, the demo dataset's
@@ -74,12 +75,12 @@ class PretrainSettings:
     """
 
     resolution: int = 256
-    block_out_channels: tuple = (32, 64, 64, 64)
+    block_out_channels: tuple = (16, 32, 64, 64)
     cross_attention_dim: int = 64
     text_hidden_size: int = 64
     text_layers: int = 2
-    heads: int = 4
-    vae_channels: tuple = (16, 32, 64, 64)
+    heads: tuple = (1, 4, 4, 4)
+    vae_channels: tuple = (8, 16, 32, 64)
     vae_steps: int = 300
     vae_batch_size: int = 16
     vae_crop: int = 64
@@ -210,14 +211,12 @@ def train_vae(vae, images_u8, settings, gen, log_rows, t0):
 
 @torch.no_grad()
 def encode_posteriors(vae, images_u8, batch=32):
-    """Posterior mean and std of every image and of its mirror: float32 [N, 2, 4, R/8, R/8] each."""
+    """Posterior mean and std of every image: float32 [N, 4, R/8, R/8] each (the VAE in eval mode)."""
     means, stds = [], []
     for start in range(0, len(images_u8), batch):
-        x = _to_unit(images_u8[start:start + batch])
-        x = torch.stack([x, x.flip(-1)], 1).flatten(0, 1)
-        post = vae.encode(x).latent_dist
-        means.append(post.mean.unflatten(0, (-1, 2)))
-        stds.append(post.std.unflatten(0, (-1, 2)))
+        post = vae.encode(_to_unit(images_u8[start:start + batch])).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
     return torch.cat(means), torch.cat(stds)
 
 
@@ -271,7 +270,8 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captio
                    gen, log_rows, t0):
     """Jointly train UNet and text encoder for epsilon prediction; append loss rows.
 
-    means / stds: posteriors [N, 2, 4, h, w] (index 1 = mirrored image); captions: list of N strings.
+    means / stds: posteriors [N, 4, h, w]; captions: list of N strings. Half the samples are mirrored
+    (in latent space).
     """
     if settings.unet_steps == 0:
         return
@@ -285,9 +285,9 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captio
     n = means.shape[0]
     for step in tqdm(range(1, settings.unet_steps + 1), desc="pretrain UNet+text", mininterval=5):
         idx = torch.randint(0, n, (settings.batch_size,), generator=gen)
-        flip = torch.randint(0, 2, (settings.batch_size,), generator=gen)
-        mu, sd = means[idx, flip], stds[idx, flip]
-        latents = (mu + sd * torch.randn(mu.shape, generator=gen)) * scale
+        flip = torch.rand(settings.batch_size, generator=gen) < 0.5
+        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+        latents = torch.where(flip.view(-1, 1, 1, 1), latents.flip(-1), latents)  # mirror in latent space
         noise = torch.randn(latents.shape, generator=gen)
         t = _sample_timesteps(settings.batch_size, settings, num_train, gen)
         a = alphas[t].view(-1, 1, 1, 1)
@@ -548,7 +548,7 @@ def settings_from_config(config):
     unknown = sorted(set(tm) - known)
     if unknown:
         raise GenprompError(f"config key demo.tiny_model: unknown keys {unknown}")
-    for key in ("block_out_channels", "vae_channels", "probe_image_size", "probe_timesteps"):
+    for key in ("block_out_channels", "vae_channels", "probe_image_size", "probe_timesteps", "heads"):
         if key in tm:
             tm[key] = tuple(tm[key])
     return PretrainSettings(seed=int(config["seed"]), **tm)

@@ -30,12 +30,26 @@ SD14_BLOCK_TYPES = dict(
 )
 
 
+def _heads_per_level(heads, levels):
+    """Attention heads per UNet level: an int (same everywhere) or one value per level.
+
+    (diffusers' ``attention_head_dim`` is, for SD-1.x UNets, the number of heads.) Fewer heads at the
+    full-latent level make its self-attention (latent_h * latent_w queries) much cheaper on CPU.
+    """
+    if isinstance(heads, int):
+        return heads
+    heads = tuple(int(h) for h in heads)
+    if len(heads) != levels:
+        raise GenprompError(f"tiny model: {len(heads)} head counts given for {levels} UNet levels")
+    return heads
+
+
 def _unet_config(channels, cross_dim, sample_size, heads):
     return dict(
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=tuple(channels),
         **SD14_BLOCK_TYPES,
-        cross_attention_dim=cross_dim, attention_head_dim=heads, norm_num_groups=min(32, min(channels)),
+        cross_attention_dim=cross_dim, attention_head_dim=_heads_per_level(heads, len(channels)), norm_num_groups=min(32, min(channels)),
     )
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from genpromp.config import validate_config, variant_name
+from genpromp.data.indexing import image_root_for
 from genpromp.errors import ConfigError
 
 try:
@@ -93,7 +94,7 @@ EVAL_META = {
 
 def overlay_targets():
     return [
-        f"results/{d}/{r}/cams/{v}/overlays/index.html"
+        f"results/{d}/{r}/cams/{v}/overlays"
         for d in METHOD_DATASETS
         for r in RUNS
         for v in MAIN_VARIANTS
@@ -110,3 +111,174 @@ def table_targets():
 
 def all_targets():
     return index_targets() + eval_summaries() + ablation_summaries() + table_targets() + overlay_targets()
+
+
+# ---------------------------------------------------------------- data stage
+from pathlib import Path as _DataPath
+
+from genpromp.data.synth import demo_dataset_targets as _demo_dataset_targets
+
+DATA_ASSETS = "resources/assets"
+DATA_TOKENIZER = f"{DATA_ASSETS}/clip_tokenizer/vocab.json"
+DATA_SYNSETS = f"{DATA_ASSETS}/LOC_synset_mapping.txt"
+DATA_MARKER = {"cub": "images.txt", "imagenet": "ILSVRC2012_list/val_folder_new.txt"}
+
+
+def data_demo_markers():
+    """Marker file of every demo-generated dataset: {dataset name: path}."""
+    if not config["demo"]["enabled"]:
+        return {}
+    return {name: f"{root}/{DATA_MARKER[layout]}"
+            for name, (layout, root) in _demo_dataset_targets(config).items()}
+
+
+def data_index_inputs(wildcards):
+    inputs = {"tokenizer": DATA_TOKENIZER}
+    marker = data_demo_markers().get(wildcards.dataset)
+    if marker:
+        inputs["marker"] = marker
+    return inputs
+
+
+def data_scores_source(wildcards):
+    classifier = config["datasets"][wildcards.dataset].get("classifier")
+    if not classifier or classifier["name"] != wildcards.classifier:
+        raise ValueError(f"dataset {wildcards.dataset} has no classifier named {wildcards.classifier}")
+    return classifier["path"]
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_]+",
+    classifier="[A-Za-z0-9_.-]+",
+
+
+# ---------------------------------------------------------------- cams stage
+import re as _re
+
+import pandas as _pd
+
+CAM_VARIANT_RE = _re.compile(r"(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9.]+)_t(?P<ts>[0-9-]+)")
+
+
+def _cam_run(wildcards):
+    return config["runs"][wildcards.run]
+
+
+def _cam_variant(wildcards):
+    match = CAM_VARIANT_RE.fullmatch(wildcards.variant)
+    if match is None:
+        raise WorkflowError(f"variant {wildcards.variant!r} is not <gtk|top1|top5>_w<ratio>_t<t1>-<t2>")
+    return match
+
+
+def cam_tokens_arg(wildcards):
+    """What embeddings.py gets as tokens: 'meta' or a token file / folder path."""
+    tokens = _cam_run(wildcards)["tokens"]
+    if tokens == "trained":
+        return f"results/{wildcards.dataset}/tokens/tokens.safetensors"
+    return tokens
+
+
+def _cam_tokens_input(wildcards):
+    tokens = cam_tokens_arg(wildcards)
+    return [] if tokens == "meta" else tokens
+
+
+def cam_unet_dir(wildcards):
+    """The run's UNet folder, or None for the pretrained model's own unet/."""
+    unet = _cam_run(wildcards)["unet"]
+    if unet == "finetuned":
+        return f"results/{wildcards.dataset}/unet"
+    return None if unet == "pretrained" else unet
+
+
+def _cam_unet_marker(wildcards):
+    folder = cam_unet_dir(wildcards)
+    return PRETRAINED_MARKER if folder is None else f"{folder}/config.json"
+
+
+def _cam_scores(wildcards):
+    if _cam_variant(wildcards)["mode"] == "gtk":
+        return []
+    ds = config["datasets"][wildcards.dataset]
+    if not ds.get("classifier"):
+        raise WorkflowError(f"variant {wildcards.variant} needs classifier scores; config key "
+                            f"datasets.{wildcards.dataset}.classifier is not set")
+    return f"results/{wildcards.dataset}/scores/{ds['classifier']['name']}.parquet"
+
+
+def cam_shard_paths(wildcards):
+    """All shard files of a variant; their number follows the test index (a checkpoint)."""
+    checkpoints.index.get(dataset=wildcards.dataset)  # re-evaluated once the index exists
+    index = f"results/{wildcards.dataset}/index/test.parquet"
+    n_images = _pd.read_parquet(index, columns=["image_id"]).shape[0]
+    n_shards = max(1, -(-n_images // int(config["test"]["shard_size"])))
+    return [f"results/{wildcards.dataset}/{wildcards.run}/cams/{wildcards.variant}/shard-{k:05d}.npz"
+            for k in range(n_shards)]
+
+
+# ---------------------------------------------------------------- evaluate stage
+import re as _eval_re
+
+import pandas as _eval_pd
+
+from genpromp.evaluation.evaluate import eval_part_shards as _eval_part_shards
+
+EVAL_VARIANT_RE = _eval_re.compile(r"(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9.]+)_t(?P<ts>[0-9-]+)")
+
+
+wildcard_constraints:
+    part=r"[0-9]+",
+
+
+def _eval_scores(wildcards):
+    ds = config["datasets"][wildcards.dataset]
+    if wildcards.variant.startswith("gtk_") or not ds.get("classifier"):
+        return []
+    return f"results/{wildcards.dataset}/scores/{ds['classifier']['name']}.parquet"
+
+
+def _baseline_scores(wildcards):
+    ds = config["datasets"][wildcards.dataset]
+    return f"results/{wildcards.dataset}/scores/{ds['classifier']['name']}.parquet" if ds.get("classifier") else []
+
+
+def eval_parts(wildcards):
+    """CAM shard numbers of each evaluation part of the dataset (list of lists); needs the index checkpoint."""
+    test = checkpoints.index.get(dataset=wildcards.dataset).output.test
+    n_images = _eval_pd.read_parquet(test, columns=["image_id"]).shape[0]
+    return _eval_part_shards(n_images, config["test"]["shard_size"], config["evaluation"]["shard_size"])
+
+
+def _part_cam_shards(wildcards):
+    parts = eval_parts(wildcards)
+    p = int(wildcards.part)
+    if p >= len(parts):
+        raise WorkflowError(f"evaluation part {p} does not exist for {wildcards.dataset} ({len(parts)} parts)")
+    return parts[p]
+
+
+def _part_cam_files(wildcards):
+    return [f"results/{wildcards.dataset}/{wildcards.run}/cams/{wildcards.variant}/shard-{k:05d}.npz"
+            for k in _part_cam_shards(wildcards)]
+
+
+def _eval_part_files(kind):
+    def files(wildcards):
+        return [f"results/{wildcards.dataset}/{wildcards.run}/eval/{wildcards.variant}/parts/part-{p:05d}.{kind}"
+                for p in range(len(eval_parts(wildcards)))]
+    return files
+
+
+def _eval_meta(wildcards):
+    match = EVAL_VARIANT_RE.fullmatch(wildcards.variant)
+    return {"dataset": wildcards.dataset, "run": wildcards.run, "variant": wildcards.variant,
+            "mode": match["mode"] if match else None, "ratio": float(match["ratio"]) if match else None,
+            "cams": f"results/{wildcards.dataset}/{wildcards.run}/cams/{wildcards.variant}",
+            "scores": _eval_scores(wildcards) or None}
+
+
+# ---------------------------------------------------------------- tables stage
+def _baseline_summaries(wildcards=None):
+    datasets = sorted({m["dataset"] for m in EVAL_META.values()})
+    return [f"results/{d}/baselines/{b}/summary.json" for d in datasets for b in ("center", "full")]

@@ -1,43 +1,6 @@
 # Data foundation: assets, demo world, dataset indexes, demo classifier, score import.
 # Included by the top-level Snakefile (after `config` is loaded and validated).
-
-from pathlib import Path as _DataPath
-
-from genpromp.data.synth import demo_dataset_targets as _demo_dataset_targets
-
-DATA_ASSETS = "resources/assets"
-DATA_TOKENIZER = f"{DATA_ASSETS}/clip_tokenizer/vocab.json"
-DATA_SYNSETS = f"{DATA_ASSETS}/LOC_synset_mapping.txt"
-DATA_MARKER = {"cub": "images.txt", "imagenet": "ILSVRC2012_list/val_folder_new.txt"}
-
-
-def data_demo_markers():
-    """Marker file of every demo-generated dataset: {dataset name: path}."""
-    if not config["demo"]["enabled"]:
-        return {}
-    return {name: f"{root}/{DATA_MARKER[layout]}"
-            for name, (layout, root) in _demo_dataset_targets(config).items()}
-
-
-def data_index_inputs(wildcards):
-    inputs = {"tokenizer": DATA_TOKENIZER}
-    marker = data_demo_markers().get(wildcards.dataset)
-    if marker:
-        inputs["marker"] = marker
-    return inputs
-
-
-def data_scores_source(wildcards):
-    classifier = config["datasets"][wildcards.dataset].get("classifier")
-    if not classifier or classifier["name"] != wildcards.classifier:
-        raise ValueError(f"dataset {wildcards.dataset} has no classifier named {wildcards.classifier}")
-    return classifier["path"]
-
-
-wildcard_constraints:
-    dataset="[A-Za-z0-9_]+",
-    classifier="[A-Za-z0-9_.-]+",
-
+# Its input functions live in common.smk (section "data").
 
 rule assets:
     output:

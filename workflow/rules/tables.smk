@@ -5,12 +5,7 @@
 #   ablation_summaries()  -> summary.json paths of the combine-ratio sweep
 #   EVAL_META             -> {summary path: dict(dataset, run, variant, mode, ratio)}
 # Baseline summaries are requested for every dataset that appears in EVAL_META.
-
-
-def _baseline_summaries(wildcards=None):
-    datasets = sorted({m["dataset"] for m in EVAL_META.values()})
-    return [f"results/{d}/baselines/{b}/summary.json" for d in datasets for b in ("center", "full")]
-
+# Its input functions live in common.smk (section "tables").
 
 rule tables:
     input:

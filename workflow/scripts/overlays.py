@@ -10,5 +10,5 @@ logging.basicConfig(stream=sys.stderr, level=logging.INFO)
 from genpromp.cams.overlay import write_overlays  # noqa: E402
 
 sm = snakemake  # noqa: F821
-write_overlays(Path(sm.input.cams).parent, sm.input.index, sm.params.root, Path(sm.output[0]).parent,
+write_overlays(Path(sm.input.cams).parent, sm.input.index, sm.params.root, Path(sm.output[0]),
                sm.params.n_vis, sm.params.cam_thr, frame=sm.params.frame)
