@@ -86,7 +86,7 @@ def add_concept_tokens(tokenizer, text_encoder, concept_tokens, meta_words):
     added = tokenizer.add_tokens(list(concept_tokens))
     if added != len(concept_tokens):
         raise GenprompError("some concept tokens already exist in the tokenizer; load a fresh tokenizer")
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     embeddings = text_encoder.get_input_embeddings().weight
     ids = tokenizer.convert_tokens_to_ids(list(concept_tokens))
     for tok_id, word in zip(ids, meta_words):

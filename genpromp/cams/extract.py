@@ -321,7 +321,9 @@ def extract_shard(config, dataset, variant, shard, index_path, embeddings_path, 
     comps = load_components(config["pretrained"], unet_path=unet_path)
     settings = settings_from_config(config, mode, ratio, timesteps, token_index(comps.tokenizer))
     top5 = read_top5(scores_path) if mode != "gtk" else None
-    records = shard_records(index_path, config["datasets"][dataset]["root"], shard,
+    from ..data.indexing import image_root_for
+
+    records = shard_records(index_path, image_root_for(config["datasets"][dataset]), shard,
                             config["test"]["shard_size"], top5)
     emb = read_embeddings(embeddings_path)
     start = time.perf_counter()

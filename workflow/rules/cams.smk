@@ -40,6 +40,7 @@ rule extract_cams:
         "results/{dataset}/{run}/cams/{variant}/shard-{shard}.npz",
     params:
         unet=cam_unet_dir,
+        config=lambda wc: stage_config(wc.dataset, "test"),
     log:
         "logs/cams/{dataset}/{run}/{variant}/shard-{shard}.log",
     benchmark:

@@ -71,7 +71,7 @@ checkpoint index:
         test="results/{dataset}/index/test.parquet",
         classes="results/{dataset}/index/classes.parquet",
     params:
-        dataset=lambda w: config["datasets"][w.dataset],
+        dataset=lambda w: dataset_view(w.dataset, drop=EVAL_ONLY_DATASET_KEYS + ("classifier",)),
         verify="test",
     log:
         "logs/data/index_{dataset}.log",

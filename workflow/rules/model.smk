@@ -19,8 +19,8 @@ if config["demo"]["enabled"]:
                         labels={"table": "pretraining loss"}),
             diagnostic=f"{MODEL_RESULTS}/diagnostic.json",
         params:
-            config=config,
-            out=config["pretrained"],
+            config={"seed": config["seed"], "demo": {"tiny_model": config["demo"]["tiny_model"]}},
+            out=lambda wc, output: str(Path(output.marker).parent.parent),
         log:
             "logs/model/pretrain_tiny.log",
         benchmark:

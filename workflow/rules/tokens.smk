@@ -24,7 +24,7 @@ if not TRAIN_TOKEN["load_token_path"]:
             tokens="results/{dataset}/tokens/shard-{shard}.safetensors",
             log_csv="results/{dataset}/tokens/shard-{shard}.log.csv",
         params:
-            config=config,
+            config=lambda wc: stage_config(wc.dataset, "train_token"),
         log:
             "logs/tokens/{dataset}/shard-{shard}.log",
         benchmark:

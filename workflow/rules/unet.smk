@@ -14,7 +14,7 @@ rule train_unet:
         marker="results/{dataset}/unet/config.json",
         log_csv="results/{dataset}/unet.log.csv",
     params:
-        config=config,
+        config=lambda wc: stage_config(wc.dataset, "train_unet"),
         load_unet_path=config["train_unet"]["load_unet_path"],
     log:
         "logs/unet/{dataset}.log",
