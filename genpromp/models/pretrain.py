@@ -84,9 +84,9 @@ class PretrainSettings:
     vae_steps: int = 300
     vae_batch_size: int = 16
     vae_crop: int = 64
-    vae_learning_rate: float = 1e-3
+    vae_learning_rate: float = 2e-3
     kl_weight: float = 1e-5
-    unet_steps: int = 600
+    unet_steps: int = 400
     batch_size: int = 16
     learning_rate: float = 5e-4
     warmup_steps: int = 20
@@ -341,7 +341,7 @@ def render_probe_set(n, resolution, image_size=(160, 256), seed=0):
         img = np.asarray(Image.fromarray(arr).resize((resolution, resolution), Image.BICUBIC))
         x1, y1, x2, y2 = boxes[0]
         sx, sy = resolution / w, resolution / h
-        probes.append(ProbeImage(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
+        probes.append(ProbeImage(torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1),
                                  kind.colour, kind.texture, kind.shape, (x1 * sx, y1 * sy, x2 * sx, y2 * sy)))
     return probes
 

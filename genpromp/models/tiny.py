@@ -22,12 +22,23 @@ __all__ = ["create_tiny_components", "save_components", "build_tiny_model", "SD1
 SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                       beta_schedule="scaled_linear", clip_sample=False)
 SD14_SCALING_FACTOR = 0.18215
+# Initial VAE posterior log-variance (std ~ 0.02); see _init_posterior_logvar.
+VAE_INIT_LOGVAR = -8.0
 # SD-1.4's UNet block layout, which the tiny model keeps.
 SD14_BLOCK_TYPES = dict(
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     mid_block_type="UNetMidBlock2DCrossAttn",
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
 )
+
+
+def _norm_groups(channels):
+    """GroupNorm groups with >= 4 channels per group (SD: 128 or 320 channels in 32 groups).
+
+    One channel per group would be an instance norm that erases each image's colour offsets at the
+    full-resolution level, which stalls a narrow VAE at the mean image.
+    """
+    return max(1, min(32, min(channels) // 4))
 
 
 def _heads_per_level(heads, levels):
@@ -49,7 +60,7 @@ def _unet_config(channels, cross_dim, sample_size, heads):
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=tuple(channels),
         **SD14_BLOCK_TYPES,
-        cross_attention_dim=cross_dim, attention_head_dim=_heads_per_level(heads, len(channels)), norm_num_groups=min(32, min(channels)),
+        cross_attention_dim=cross_dim, attention_head_dim=_heads_per_level(heads, len(channels)), norm_num_groups=_norm_groups(channels),
     )
 
 
@@ -85,12 +96,26 @@ def create_tiny_components(tokenizer_dir, resolution=256, block_out_channels=(32
         block_out_channels=tuple(vae_channels),
         down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-        norm_num_groups=min(32, min(vae_channels)), sample_size=resolution, scaling_factor=scaling_factor,
+        norm_num_groups=_norm_groups(vae_channels), sample_size=resolution, scaling_factor=scaling_factor,
     )
+    _init_posterior_logvar(vae, VAE_INIT_LOGVAR)
     unet = UNet2DConditionModel(**_unet_config(block_out_channels, cross_attention_dim,
                                                resolution // 8, heads))
     scheduler = DDPMScheduler(**SD14_SCHEDULER)
     return tokenizer, text_encoder, vae, unet, scheduler
+
+
+@torch.no_grad()
+def _init_posterior_logvar(vae, logvar):
+    """Start the VAE posterior narrow: log-variance channels of ``quant_conv`` output ``logvar``.
+
+    With the default init (log-variance ~0, std ~1) sampled latents are pure noise, the decoder learns
+    to ignore them and a short pretraining never recovers (reconstructions stay the mean image).
+    """
+    conv = vae.quant_conv
+    half = conv.out_channels // 2
+    conv.weight[half:].zero_()
+    conv.bias[half:].fill_(logvar)
 
 
 def save_components(out_dir, tokenizer, text_encoder, vae, unet, scheduler):

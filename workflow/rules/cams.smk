@@ -14,8 +14,10 @@ rule embeddings:
     output:
         "results/{dataset}/{run}/embeddings.safetensors",
     params:
-        pretrained=config["pretrained"],
+        pretrained=lambda wc, input: str(Path(input.marker).parent.parent),
         tokens=cam_tokens_arg,
+    conda:
+        "../../environment.yml"
     log:
         "logs/cams/{dataset}/{run}/embeddings.log",
     benchmark:
@@ -41,6 +43,8 @@ rule extract_cams:
     params:
         unet=cam_unet_dir,
         config=lambda wc: stage_config(wc.dataset, "test"),
+    conda:
+        "../../environment.yml"
     log:
         "logs/cams/{dataset}/{run}/{variant}/shard-{shard}.log",
     benchmark:
@@ -59,6 +63,8 @@ rule cam_index:
         cam_shard_paths,
     output:
         "results/{dataset}/{run}/cams/{variant}/index.parquet",
+    conda:
+        "../../environment.yml"
     log:
         "logs/cams/{dataset}/{run}/{variant}/index.log",
     threads: 1
@@ -86,6 +92,8 @@ rule overlays:
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
         n_vis=config["test"]["n_vis"],
         frame=config["evaluation"]["frame"],
+    conda:
+        "../../environment.yml"
     log:
         "logs/cams/{dataset}/{run}/{variant}/overlays.log",
     threads: 1

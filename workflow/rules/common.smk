@@ -305,3 +305,14 @@ def _eval_meta(wildcards):
 def _baseline_summaries(wildcards=None):
     datasets = sorted({m["dataset"] for m in EVAL_META.values()})
     return [f"results/{d}/baselines/{b}/summary.json" for d in datasets for b in ("center", "full")]
+
+
+# ---------------------------------------------------------------- tokens stage
+TRAIN_TOKEN = config["train_token"]
+GPUS = config["compute"]["gpus"]
+SD_SCALE = not config["demo"]["enabled"]  # real SD-1.4: bigger memory / runtime requests
+
+
+def token_shards(wildcards):
+    return expand("results/{dataset}/tokens/shard-{shard}.safetensors", dataset=wildcards.dataset,
+                  shard=range(TRAIN_TOKEN["shards"]))

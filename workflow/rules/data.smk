@@ -7,8 +7,9 @@ rule assets:
         tokenizer=DATA_TOKENIZER,
         synsets=DATA_SYNSETS,
     params:
-        out=DATA_ASSETS,
-        wheels=f"{DATA_ASSETS}/wheels",
+        out=lambda wc, output: str(Path(output.synsets).parent),
+    conda:
+        "../../environment.yml"
     log:
         "logs/data/assets.log",
     threads: 1
@@ -29,6 +30,8 @@ if config["demo"]["enabled"]:
             corpus=f"{config['demo']['root']}/corpus/captions.csv",
         params:
             config=config,
+        conda:
+            "../../environment.yml"
         log:
             "logs/data/demo_world.log",
         benchmark:
@@ -51,6 +54,8 @@ if config["demo"]["enabled"]:
             dataset=lambda w: config["datasets"][w.dataset],
             epochs=config["demo"]["classifier_epochs"],
             seed=config["seed"],
+        conda:
+            "../../environment.yml"
         log:
             "logs/data/classifier_{dataset}.log",
         benchmark:
@@ -73,6 +78,8 @@ checkpoint index:
     params:
         dataset=lambda w: dataset_view(w.dataset, drop=EVAL_ONLY_DATASET_KEYS + ("classifier",)),
         verify="test",
+    conda:
+        "../../environment.yml"
     log:
         "logs/data/index_{dataset}.log",
     benchmark:
@@ -94,6 +101,8 @@ rule import_scores:
         "results/{dataset}/scores/{classifier}.parquet",
     params:
         format=lambda w: config["datasets"][w.dataset]["classifier"].get("format", "json"),
+    conda:
+        "../../environment.yml"
     log:
         "logs/data/import_scores_{dataset}_{classifier}.log",
     benchmark:

@@ -23,6 +23,8 @@ rule evaluate_shard:
         evaluation=config["evaluation"],
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
         shards=_part_cam_shards,
+    conda:
+        "../../environment.yml"
     log:
         "logs/evaluate/{dataset}/{run}/{variant}/part-{part}.log",
     benchmark:
@@ -48,6 +50,8 @@ rule merge_eval:
         evaluation=config["evaluation"],
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
         meta=_eval_meta,
+    conda:
+        "../../environment.yml"
     log:
         "logs/evaluate/{dataset}/{run}/{variant}/merge.log",
     benchmark:
@@ -70,6 +74,8 @@ rule evaluate_baselines:
     params:
         evaluation=config["evaluation"],
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
+    conda:
+        "../../environment.yml"
     log:
         "logs/evaluate/{dataset}/baselines.log",
     benchmark:

@@ -21,6 +21,8 @@ if config["demo"]["enabled"]:
         params:
             config={"seed": config["seed"], "demo": {"tiny_model": config["demo"]["tiny_model"]}},
             out=lambda wc, output: str(Path(output.marker).parent.parent),
+        conda:
+            "../../environment.yml"
         log:
             "logs/model/pretrain_tiny.log",
         benchmark:

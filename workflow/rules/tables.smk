@@ -24,6 +24,8 @@ rule tables:
         errors_md=report("results/tables/error_breakdown.md", caption="../report/error_breakdown.rst", category="Tables"),
     params:
         meta=EVAL_META,
+    conda:
+        "../../environment.yml"
     log:
         "logs/tables/tables.log",
     threads: 1

@@ -3,14 +3,7 @@
 # file or original tokens/ folder instead. Killed train_token jobs resume from
 # results/<dataset>/tokens/shard-<k>.partial/ (not an output, so Snakemake keeps it).
 
-TRAIN_TOKEN = config["train_token"]
-GPUS = config["compute"]["gpus"]
-SD_SCALE = not config["demo"]["enabled"]   # real SD-1.4: bigger memory / runtime requests
-
-
-def token_shards(wildcards):
-    return expand("results/{dataset}/tokens/shard-{shard}.safetensors", dataset=wildcards.dataset,
-                  shard=range(TRAIN_TOKEN["shards"]))
+# TRAIN_TOKEN, GPUS, SD_SCALE and token_shards() live in common.smk (section "tokens").
 
 
 if not TRAIN_TOKEN["load_token_path"]:
@@ -25,6 +18,8 @@ if not TRAIN_TOKEN["load_token_path"]:
             log_csv="results/{dataset}/tokens/shard-{shard}.log.csv",
         params:
             config=lambda wc: stage_config(wc.dataset, "train_token"),
+        conda:
+            "../../environment.yml"
         log:
             "logs/tokens/{dataset}/shard-{shard}.log",
         benchmark:
@@ -46,6 +41,8 @@ rule merge_tokens:
         "results/{dataset}/tokens/tokens.safetensors",
     params:
         load_token_path=TRAIN_TOKEN["load_token_path"],
+    conda:
+        "../../environment.yml"
     log:
         "logs/tokens/{dataset}/merge.log",
     threads: 1

@@ -16,6 +16,8 @@ rule train_unet:
     params:
         config=lambda wc: stage_config(wc.dataset, "train_unet"),
         load_unet_path=config["train_unet"]["load_unet_path"],
+    conda:
+        "../../environment.yml"
     log:
         "logs/unet/{dataset}.log",
     benchmark:

@@ -6,4 +6,4 @@ from genpromp.assets import build_assets
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-build_assets(snakemake.params.out, snakemake.params.wheels)
+build_assets(snakemake.params.out)  # wheels cached in <out>/wheels
