@@ -14,6 +14,7 @@ raises :class:`genpromp.errors.InputError` naming the shard file and the row.
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def read_cam_shard(path, validate=True):
             if missing:
                 raise InputError(path, f"CAM shard lacks arrays {sorted(missing)}; see docs/FORMATS.md")
             shard = CamShard(path, data["image_ids"], data["class_ids"], data["cams"])
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(path, f"cannot read CAM shard ({exc}); the file is damaged, re-create it") from exc
     if validate:
         validate_cams(path, shard.image_ids, shard.class_ids, shard.cams)
