@@ -27,9 +27,9 @@ def prepare_workdir(workdir):
 def run_snakemake(workdir, *args, configfile=None, timeout=1200, check=True, env=None):
     """Run snakemake on the repository's Snakefile in ``workdir``; return the CompletedProcess."""
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
-    if configfile:
-        cmd += ["--configfile", str(configfile)]
     cmd += list(args)
+    if configfile:  # last: --configfile takes several values and would swallow the targets
+        cmd += ["--configfile", str(configfile)]
     full_env = dict(os.environ, PYTHONHASHSEED="0", **(env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:

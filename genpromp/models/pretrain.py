@@ -32,6 +32,7 @@ with the localization diagnostic.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -56,13 +57,15 @@ from .tiny import create_tiny_components, save_components
 __all__ = [
     "PretrainSettings", "CorpusItem", "read_corpus", "load_corpus_images", "train_vae",
     "encode_posteriors", "scale_from_posteriors", "augment_caption", "train_denoiser",
-    "render_probe_set", "attention_localization_score", "render_sample_grid", "pretrain_tiny",
+    "render_probe_set", "corpus_boxes", "object_words", "object_token_ids", "parse_object_kind",
+    "short_caption", "rasterise_boxes", "WordMapRecorder", "AttentionAlignProcessor", "attention_alignment",
+    "attention_alignment_loss", "attention_localization_score", "render_sample_grid", "pretrain_tiny",
     "settings_from_config", "register_cli",
 ]
 
 log = logging.getLogger(__name__)
 
-LOSS_COLUMNS = ("phase", "step", "loss", "mse", "kl", "lr", "seconds")
+LOSS_COLUMNS = ("phase", "step", "loss", "mse", "kl", "attn", "lr", "seconds")
 # Caption openings that template augmentation may replace (longest first).
 _CAPTION_OPENINGS = ("a photo of a ", "a ")
 
@@ -97,6 +100,9 @@ class PretrainSettings:
     template_prob: float = 0.3
     small_t_fraction: float = 0.25
     small_t_max: int = 200
+    short_caption_prob: float = 0.0
+    attention_loss_weight: float = 0.0
+    attention_loss_max_t: int = 1000
     holdout: int = 16
     probe_images: int = 48
     probe_image_size: tuple = (160, 256)
@@ -161,6 +167,18 @@ def load_corpus_images(items, resolution):
     return out
 
 
+def corpus_boxes(items):
+    """Union boxes of the items as fractions of their image's width / height: float32 [N, 4]
+    (image sizes from the file headers)."""
+    out = torch.empty(len(items), 4, dtype=torch.float32)
+    for i, item in enumerate(items):
+        with Image.open(item.path) as im:
+            w, h = im.size
+        x1, y1, x2, y2 = item.box
+        out[i] = torch.tensor([x1 / w, y1 / h, x2 / w, y2 / h])
+    return out.clamp(0.0, 1.0)
+
+
 def _to_unit(images_u8):
     """uint8 [N, 3, H, W] → float32 in [-1, 1]."""
     return images_u8.float().div(127.5).sub(1.0)
@@ -204,7 +222,8 @@ def train_vae(vae, images_u8, settings, gen, log_rows, t0):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), settings.grad_clip)
         opt.step()
-        log_rows.append(("vae", step, loss.item(), mse.item(), kl.item(), lr, time.perf_counter() - t0))
+        log_rows.append(("vae", step, loss.item(), mse.item(), kl.item(), float("nan"), lr,
+                         time.perf_counter() - t0))
     vae.eval()
     return vae
 
@@ -266,12 +285,201 @@ def _sample_timesteps(batch, settings, num_train, gen):
     return torch.where(small, t_small, t)
 
 
+# ---------------------------------------------------------------------------------------------
+# Attention alignment (stand-in for web-scale pretraining; see docs/demo_model.md)
+# ---------------------------------------------------------------------------------------------
+
+def object_words():
+    """Every corpus word that names the object: colours, textures, texture nouns, shapes, plurals, "shape(s)"."""
+    from ..data.synth import COLOURS, SHAPE_PLURALS, SHAPES, TEXTURE_NOUNS, TEXTURES
+
+    return (tuple(COLOURS) + TEXTURES + tuple(TEXTURE_NOUNS.values()) + SHAPES + tuple(SHAPE_PLURALS.values())
+            + ("shape", "shapes"))
+
+
+def object_token_ids(tokenizer):
+    """int64 [K]: sorted ids of every token of every :func:`object_words` word (no other caption word
+    of the corpus or the templates shares these ids)."""
+    ids = set()
+    for word in object_words():
+        ids.update(tokenizer(word, add_special_tokens=False).input_ids)
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def parse_object_kind(caption):
+    """(colour, texture, shape) words of a one-object corpus caption; None for a two-object caption
+    ("two ...") or when no shape / colour word is present. Texture nouns ("stripes") map back to their
+    adjective; a missing texture is "plain"; the generic "shape" stands in for a missing shape noun."""
+    from ..data.synth import COLOURS, SHAPES, TEXTURE_NOUNS, TEXTURES
+
+    words = caption.split()
+    if not words or "two" in words:
+        return None
+    nouns = {v: k for k, v in TEXTURE_NOUNS.items()}
+    colour = next((w for w in words if w in COLOURS), None)
+    texture = next((w if w in TEXTURES else nouns[w] for w in words if w in TEXTURES or w in nouns), "plain")
+    shape = next((w for w in words if w in SHAPES), "shape" if "shape" in words else None)
+    if colour is None or shape is None:
+        return None
+    return colour, texture, shape
+
+
+def short_caption(kind, rng):
+    """A GenPromp-template caption with 1–3 object words (``rng``: ``random.Random``):
+    "a photo of a triangle", "a rendering of a red triangle", "the photo of a striped triangle", ..."""
+    colour, texture, shape = kind
+    words = rng.choice([(shape,), (shape,), (colour, shape), (texture, shape), (colour, texture, shape)])
+    return rng.choice(TEMPLATES).format(" ".join(words))
+
+
+def rasterise_boxes(boxes, h, w):
+    """Area fraction of each cell of an h×w grid covered by each box: float32 [N, h, w].
+
+    boxes: float [N, 4] ``[x1, y1, x2, y2]`` as fractions of the image width / height (x2 exclusive).
+    """
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+
+    def cover(lo, hi, n):
+        edges = torch.arange(n + 1, dtype=torch.float32) / n
+        return (torch.minimum(hi[:, None], edges[None, 1:]) - torch.maximum(lo[:, None], edges[None, :-1])).clamp_min(0) * n
+
+    return cover(boxes[:, 1], boxes[:, 3], h)[:, :, None] * cover(boxes[:, 0], boxes[:, 2], w)[:, None, :]
+
+
+class WordMapRecorder:
+    """Collects, per forward, ``Σ_{object tokens} softmax(Q Kᵀ·scale)`` averaged over heads, with gradients.
+
+    ``token_weights``: float32 [B, 77], 1 at the object-word positions of each caption (set before the
+    forward). ``maps``: list of (h, w, float32 [B, h*w]) in execution order; ``reset()`` clears it.
+    """
+
+    def __init__(self, latent_hw):
+        self.latent_hw = tuple(latent_hw)
+        self.token_weights = None
+        self.maps = []
+
+    def reset(self):
+        self.maps = []
+
+
+class AttentionAlignProcessor:
+    """Training processor for one ``attn2``: explicit softmax (float32, differentiable), records the
+    object-word probability mass per query into a :class:`WordMapRecorder`, returns the same hidden
+    states as the default processor (mirrors ``capture.TokenCaptureProcessor``)."""
+
+    def __init__(self, recorder, downsample):
+        self.recorder = recorder
+        self.downsample = int(downsample)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        batch = hidden_states.shape[0]
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
+            scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
+        probs = scores.softmax(dim=-1)  # [B, heads, L, 77]
+        rec = self.recorder
+        mass = (probs.mean(dim=1) * rec.token_weights[:, None, :]).sum(-1)  # [B, L]
+        lh, lw = rec.latent_hw
+        rec.maps.append((lh // self.downsample, lw // self.downsample, mass))
+        hidden_states = torch.matmul(probs.to(value.dtype), value)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def attention_alignment(unet, latent_hw, groups=None):
+    """Install :class:`AttentionAlignProcessor` on the ``attn2`` layers the CAM reads (the layers of
+    ``groups``, default mid latent/8 + down/up latent/4, found as ``capture.select_group_layers`` does);
+    restore the original processors on exit. Yields the :class:`WordMapRecorder`."""
+    from ..cams.capture import select_group_layers
+
+    groups = groups or _default_groups()
+    chosen = select_group_layers(unet, groups)
+    recorder = WordMapRecorder(latent_hw)
+    originals = [(layer.module, layer.module.processor) for layer, _ in chosen]
+    try:
+        for layer, gi in chosen:
+            layer.module.set_processor(AttentionAlignProcessor(recorder, groups[gi].downsample))
+        yield recorder
+    finally:
+        for module, proc in originals:
+            module.set_processor(proc)
+
+
+def attention_alignment_loss(maps, boxes, weights, eps=1e-4):
+    """Binary cross-entropy between each layer's object-word mass and the box mask, averaged over layers
+    and cells, then over samples with ``weights``.
+
+    maps: list of (h, w, float32 [B, h*w]); boxes: float32 [B, 4] as image fractions (already mirrored
+    with the latents); weights: float32 [B] (0 = no object words / two objects / t too large).
+    Returns (scalar loss, float32 [B] per-sample loss).
+    """
+    per_sample = []
+    for h, w, mass in maps:
+        target = rasterise_boxes(boxes, h, w).reshape(len(boxes), h * w)
+        p = mass.clamp(eps, 1 - eps)
+        per_sample.append(-(target * p.log() + (1 - target) * (1 - p).log()).mean(-1))
+    per_sample = torch.stack(per_sample).mean(0)
+    total = (per_sample * weights).sum() / weights.sum().clamp_min(1.0)
+    return total, per_sample.detach()
+
+
+def _mirror_boxes(boxes, flip):
+    """Boxes [B, 4] (fractions) with x mirrored where ``flip`` [B] bool."""
+    mirrored = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
+    return torch.where(flip[:, None], mirrored, boxes)
+
+
+def _training_caption(caption, rng, settings):
+    """Corpus caption → training caption: with ``short_caption_prob`` a template caption of the object's
+    words (one-object captions only), else :func:`augment_caption`."""
+    if settings.short_caption_prob > 0 and rng.random() < settings.short_caption_prob:
+        kind = parse_object_kind(caption)
+        if kind is not None:
+            return short_caption(kind, rng)
+    return augment_caption(caption, rng, settings)
+
+
 def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions, scale, settings,
-                   gen, log_rows, t0):
+                   gen, log_rows, t0, boxes=None):
     """Jointly train UNet and text encoder for epsilon prediction; append loss rows.
 
     means / stds: posteriors [N, 4, h, w]; captions: list of N strings. Half the samples are mirrored
-    (in latent space).
+    (in latent space). boxes: float32 [N, 4] union boxes as image fractions; with
+    ``attention_loss_weight`` > 0 the loss adds that weight × :func:`attention_alignment_loss` over the
+    object words of one-object captions at timesteps < ``attention_loss_max_t``.
     """
     if settings.unet_steps == 0:
         return
@@ -280,30 +488,49 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captio
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     alphas = scheduler.alphas_cumprod
     num_train = scheduler.config.num_train_timesteps
+    align = settings.attention_loss_weight > 0
+    if align and boxes is None:
+        raise GenprompError("attention_loss_weight > 0 needs the corpus boxes (pass boxes=)")
+    obj_ids = object_token_ids(tokenizer)
+    single = torch.tensor(["two" not in c.split() for c in captions])  # one-object corpus captions
     unet.train()
     text_encoder.train()
     n = means.shape[0]
-    for step in tqdm(range(1, settings.unet_steps + 1), desc="pretrain UNet+text", mininterval=5):
-        idx = torch.randint(0, n, (settings.batch_size,), generator=gen)
-        flip = torch.rand(settings.batch_size, generator=gen) < 0.5
-        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
-        latents = torch.where(flip.view(-1, 1, 1, 1), latents.flip(-1), latents)  # mirror in latent space
-        noise = torch.randn(latents.shape, generator=gen)
-        t = _sample_timesteps(settings.batch_size, settings, num_train, gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        texts = [augment_caption(captions[i], rng, settings) for i in idx.tolist()]
-        cond = text_encoder(tokenize(tokenizer, texts))[0]
-        lr = settings.learning_rate * _lr_factor(step, settings.warmup_steps, settings.unet_steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        pred = unet(noisy, t, cond).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        opt.step()
-        log_rows.append(("unet", step, loss.item(), loss.item(), float("nan"), lr, time.perf_counter() - t0))
+    ctx = attention_alignment(unet, means.shape[-2:]) if align else contextlib.nullcontext()
+    with ctx as recorder:
+        for step in tqdm(range(1, settings.unet_steps + 1), desc="pretrain UNet+text", mininterval=5):
+            idx = torch.randint(0, n, (settings.batch_size,), generator=gen)
+            flip = torch.rand(settings.batch_size, generator=gen) < 0.5
+            latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+            latents = torch.where(flip.view(-1, 1, 1, 1), latents.flip(-1), latents)  # mirror in latent space
+            noise = torch.randn(latents.shape, generator=gen)
+            t = _sample_timesteps(settings.batch_size, settings, num_train, gen)
+            a = alphas[t].view(-1, 1, 1, 1)
+            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+            texts = [_training_caption(captions[i], rng, settings) for i in idx.tolist()]
+            ids = tokenize(tokenizer, texts)
+            cond = text_encoder(ids)[0]
+            lr = settings.learning_rate * _lr_factor(step, settings.warmup_steps, settings.unet_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if align:
+                recorder.reset()
+                recorder.token_weights = torch.isin(ids, obj_ids).float()
+            pred = unet(noisy, t, cond).sample
+            mse = F.mse_loss(pred, noise)
+            loss, attn_value = mse, float("nan")
+            if align:
+                weights = ((recorder.token_weights.sum(1) > 0) & single[idx]
+                           & (t < settings.attention_loss_max_t)).float()
+                attn_loss, _ = attention_alignment_loss(recorder.maps, _mirror_boxes(boxes[idx], flip), weights)
+                loss = mse + settings.attention_loss_weight * attn_loss
+                attn_value = attn_loss.item()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            opt.step()
+            log_rows.append(("unet", step, loss.item(), mse.item(), float("nan"), attn_value, lr,
+                             time.perf_counter() - t0))
     unet.eval()
     text_encoder.eval()
 
@@ -509,12 +736,14 @@ def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png
     scale = scale_from_posteriors(means, stds, gen)
     vae.register_to_config(scaling_factor=scale)
     log.info("VAE done at %.1f s; latent std %.4f -> scaling_factor %.5f", t_vae, 1 / scale, scale)
+    boxes = corpus_boxes(items[:len(train_images)]) if settings.attention_loss_weight > 0 else None
     train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions[:len(train_images)], scale,
-                   settings, gen, rows, t0)
+                   settings, gen, rows, t0, boxes=boxes)
     t_unet = time.perf_counter() - t0
     report = {"settings": asdict(settings), "scaling_factor": scale, "seconds_vae": t_vae,
               "seconds_train": t_unet, "final_vae_loss": _tail_mean(rows, "vae"),
-              "final_unet_loss": _tail_mean(rows, "unet")}
+              "final_unet_loss": _tail_mean(rows, "unet"), "final_unet_mse": _tail_mean(rows, "unet", 3),
+              "final_attention_loss": _tail_mean(rows, "unet", 5)}
     if settings.probe_images:
         probes = render_probe_set(settings.probe_images, settings.resolution, settings.probe_image_size,
                                   settings.seed + 1)
@@ -536,8 +765,9 @@ def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png
     return report
 
 
-def _tail_mean(rows, phase, k=20):
-    vals = [r[2] for r in rows if r[0] == phase][-k:]
+def _tail_mean(rows, phase, column=2, k=20):
+    """Mean of the last ``k`` finite values of a loss-row column (2 loss, 3 mse, 5 attn) for ``phase``."""
+    vals = [r[column] for r in rows if r[0] == phase and math.isfinite(r[column])][-k:]
     return float(np.mean(vals)) if vals else None
 
 
