@@ -13,8 +13,8 @@ and that exactly the GPU rules' sbatch calls requested a GPU. It skips, saying w
 apt-get is unavailable.
 
 What runs is set by the constants below (or the environment variables named next to them):
-the stand-in workflow in tests/cluster/standin/ by default, the real reduced demo chain once the
-workflow is complete.
+by default the real workflow on the micro demo chain (tests/configs/micro.yaml); the small stand-in
+workflow in tests/cluster/standin/ is still used by test_profile_is_valid.
 """
 
 import os
@@ -33,13 +33,13 @@ CLUSTER_DIR = REPO / "tests" / "cluster"
 
 # --- What to run (relative to the repository root) -------------------------------------------
 # Snakefile of the workflow under test.
-SNAKEFILE = os.environ.get("GENPROMP_CLUSTER_SNAKEFILE", "tests/cluster/standin/Snakefile")
+SNAKEFILE = os.environ.get("GENPROMP_CLUSTER_SNAKEFILE", "Snakefile")
 # Snakemake targets (rule names or files), space-separated.
 TARGETS = shlex.split(os.environ.get("GENPROMP_CLUSTER_TARGETS", "all"))
-# Extra Snakemake arguments for both runs, e.g. "--configfile tests/cluster/reduced.yaml".
-EXTRA_ARGS = shlex.split(os.environ.get("GENPROMP_CLUSTER_ARGS", ""))
+# Extra Snakemake arguments for both runs (after the targets: --configfile takes several values).
+EXTRA_ARGS = shlex.split(os.environ.get("GENPROMP_CLUSTER_ARGS", "--configfile tests/configs/micro.yaml"))
 # Rules whose jobs must request a GPU; every other rule's jobs must not.
-GPU_RULES = set(os.environ.get("GENPROMP_CLUSTER_GPU_RULES", "shard").split())
+GPU_RULES = set(os.environ.get("GENPROMP_CLUSTER_GPU_RULES", "embeddings extract_cams").split())
 # Relative tolerance for numbers in the compared tables; 0 = the CSV files must be byte-identical.
 TABLE_RTOL = float(os.environ.get("GENPROMP_CLUSTER_RTOL", "0"))
 # Hard limit (seconds) for each of the two workflow runs.
@@ -78,7 +78,7 @@ def copy_tree(dest):
 
 def run_workflow(tree, profile_args, log_path):
     """Run Snakemake in `tree` with a hard kill after RUN_TIMEOUT_S; return (seconds, log text)."""
-    cmd = ["timeout", "-s", "KILL", str(RUN_TIMEOUT_S), *snakemake_cmd("-s", SNAKEFILE, *profile_args, *EXTRA_ARGS, *TARGETS)]
+    cmd = ["timeout", "-s", "KILL", str(RUN_TIMEOUT_S), *snakemake_cmd("-s", SNAKEFILE, *profile_args, *TARGETS, *EXTRA_ARGS)]
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.run(cmd, cwd=tree, stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S + 30)

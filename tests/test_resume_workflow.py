@@ -191,7 +191,9 @@ def _stage1_ready(wait_for_partial):
         if len(done) != 1:
             return False
         other = 1 - done[0]
-        return not wait_for_partial or any((_tokens(w) / f"shard-{other}.partial").glob("rank-*/*"))
+        # the other shard's job has started (its log exists), so the finished one is recorded as done
+        started = (Path(w) / f"logs/tokens/{DATASET}/shard-{other}.log").is_file()
+        return started and (not wait_for_partial or any((_tokens(w) / f"shard-{other}.partial").glob("rank-*/*")))
     return ready
 
 

@@ -183,8 +183,11 @@ def write_cam_index(shard_paths, out_path, roles):
         p = Path(p)
         if not p.is_file():
             raise InputError(p, "CAM shard not found; it must exist before the index is written")
-        with np.load(p, allow_pickle=False) as data:
-            image_ids, class_ids = data["image_ids"], data["class_ids"]
+        try:
+            with np.load(p, allow_pickle=False) as data:
+                image_ids, class_ids = data["image_ids"], data["class_ids"]
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise InputError(p, f"cannot read CAM shard ({exc}); delete it and rerun its extraction job") from None
         k = shard_number(p)
         for iid in image_ids.tolist():
             if iid in seen:

@@ -103,6 +103,7 @@ class PretrainSettings:
     short_caption_prob: float = 0.0
     attention_loss_weight: float = 0.0
     attention_loss_max_t: int = 1000
+    attention_loss_background_weight: float = 1.0
     holdout: int = 16
     probe_images: int = 48
     probe_image_size: tuple = (160, 256)
@@ -438,9 +439,11 @@ def attention_alignment(unet, latent_hw, groups=None):
             module.set_processor(proc)
 
 
-def attention_alignment_loss(maps, boxes, weights, eps=1e-4):
+def attention_alignment_loss(maps, boxes, weights, background_weight=1.0, eps=1e-4):
     """Binary cross-entropy between each layer's object-word mass and the box mask, averaged over layers
-    and cells, then over samples with ``weights``.
+    and cells, then over samples with ``weights``; the outside-the-box term is multiplied by
+    ``background_weight`` (> 1 pushes the mass outside the box down harder: the TS-CAM box rule
+    thresholds at a fraction of the map's maximum, so background level decides the box).
 
     maps: list of (h, w, float32 [B, h*w]); boxes: float32 [B, 4] as image fractions (already mirrored
     with the latents); weights: float32 [B] (0 = no object words / two objects / t too large).
@@ -450,7 +453,7 @@ def attention_alignment_loss(maps, boxes, weights, eps=1e-4):
     for h, w, mass in maps:
         target = rasterise_boxes(boxes, h, w).reshape(len(boxes), h * w)
         p = mass.clamp(eps, 1 - eps)
-        per_sample.append(-(target * p.log() + (1 - target) * (1 - p).log()).mean(-1))
+        per_sample.append(-(target * p.log() + background_weight * (1 - target) * (1 - p).log()).mean(-1))
     per_sample = torch.stack(per_sample).mean(0)
     total = (per_sample * weights).sum() / weights.sum().clamp_min(1.0)
     return total, per_sample.detach()
@@ -522,7 +525,8 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captio
             if align:
                 weights = ((recorder.token_weights.sum(1) > 0) & single[idx]
                            & (t < settings.attention_loss_max_t)).float()
-                attn_loss, _ = attention_alignment_loss(recorder.maps, _mirror_boxes(boxes[idx], flip), weights)
+                attn_loss, _ = attention_alignment_loss(recorder.maps, _mirror_boxes(boxes[idx], flip), weights,
+                                                        settings.attention_loss_background_weight)
                 loss = mse + settings.attention_loss_weight * attn_loss
                 attn_value = attn_loss.item()
             opt.zero_grad(set_to_none=True)
