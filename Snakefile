@@ -5,10 +5,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The embedded demo unless a --configfile brings its own datasets (configs are merged key by
-# key, so the demo's datasets must not leak into config/cub.yaml runs). --config overrides apply
-# on top either way.
-if "datasets" not in config:
+# The embedded demo unless --configfile names another config (configs merge key by key, so the
+# demo's datasets must not leak into a config/cub.yaml run). --config overrides apply on top.
+if not workflow.overwrite_configfiles:
 
     configfile: f"{workflow.basedir}/config/config.yaml"
 

@@ -59,11 +59,40 @@ def _describe(error):
     return f"config key {path}: {error.message}"
 
 
+_JSON_TYPES = {"number": (int, float), "integer": (int,), "boolean": (bool,), "null": (type(None),),
+               "array": (list,), "object": (dict,)}
+
+
+def _coerce_strings(config, validator):
+    """Turn strings into the scalar the schema asks for (``--config 'test={"combine_ratio": 0.4}'``
+    reaches the workflow as the string '0.4'); only where the YAML reading of the string has the
+    expected type. Returns True when something changed."""
+    changed = False
+    for error in validator.iter_errors(config):
+        if error.validator != "type" or not isinstance(error.instance, str) or not error.absolute_path:
+            continue
+        try:
+            value = yaml.safe_load(error.instance)
+        except yaml.YAMLError:
+            continue
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if any(isinstance(value, _JSON_TYPES.get(t, ())) and not (t != "boolean" and isinstance(value, bool))
+               for t in expected):
+            parent = config
+            for part in list(error.absolute_path)[:-1]:
+                parent = parent[part]
+            parent[error.absolute_path[-1]] = value
+            changed = True
+    return changed
+
+
 def validate_config(config, schema=None):
     """Validate ``config`` in place (defaults filled) and return it; raise ConfigError naming the key."""
     schema = schema or load_schema()
     _fill_defaults(config, schema, schema)
     validator = jsonschema.Draft202012Validator(schema)
+    while _coerce_strings(config, validator):
+        pass
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))

@@ -145,3 +145,14 @@ def test_no_hardcoded_cuda():
     offenders = [f"{p}" for p in _python_files() if re.search(r"""['"]cuda(:\d)?['"]""", p.read_text())
                  and "benchmarks" not in str(p)]
     assert not offenders, offenders
+
+
+def test_command_line_strings_are_read_as_the_schema_type():
+    """Snakemake's --config hands nested values over as strings ('0.4'); they are read as YAML
+    scalars only where the schema expects that type."""
+    config = load_config(REPO / "config" / "config.yaml", {"test": {"combine_ratio": "0.4", "batch_size": "3"},
+                                                           "train_unet": {"enabled": "false"}})
+    assert config["test"]["combine_ratio"] == 0.4 and config["test"]["batch_size"] == 3
+    assert config["train_unet"]["enabled"] is False
+    with pytest.raises(ConfigError, match="test.batch_size"):
+        load_config(REPO / "config" / "config.yaml", {"test": {"batch_size": "3.5"}})

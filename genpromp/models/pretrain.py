@@ -15,7 +15,13 @@ Two phases, deterministic for a seed:
    GenPromp templates' prefixes with ``template_prob`` (so every template prefix and short captions
    such as "a photo of a triangle" are seen in training). Latents are drawn from the stored posterior
    (mean, std) of each image (encoded once; half of the samples mirrored in latent space), so the VAE
-   never runs in this phase.
+   never runs in this phase. With ``short_caption_prob`` one-object captions become template captions of
+   1–3 object words ("a photo of a triangle").
+3. **Attention alignment** (``attention_loss_weight`` > 0, same phase): the demo's stand-in for web-scale
+   pretraining. At the ``attn2`` layers the CAM reads, the object words' cross-attention mass (explicit
+   softmax with gradients, :class:`AttentionAlignProcessor`) is pulled towards the corpus box by a BCE
+   (:func:`attention_alignment_loss`). Boxes of the *pretraining corpus* only; GenPromp's stages never
+   see boxes. See docs/demo_model.md.
 
 Afterwards :func:`attention_localization_score` measures what GenPromp needs from the model: on
 freshly rendered single-object probe images (``genpromp.data.synth.render_scene``, the demo dataset's
@@ -25,7 +31,7 @@ and TS-CAM box rule as the CAM stage, against the true box. It is reported per c
 (the shape noun, the colour, generic words such as "shape").
 
 Outputs: the model folder (diffusers layout, loadable by ``genpromp.models.loading.load_components``),
-a loss log CSV (``phase, step, loss, mse, kl, lr, seconds``), a sample grid PNG (rows: probe-free
+a loss log CSV (``phase, step, loss, mse, kl, attn, lr, seconds``), a sample grid PNG (rows: probe-free
 held-out corpus images, their VAE reconstructions, samples generated from their captions) and a JSON
 with the localization diagnostic.
 """
