@@ -118,7 +118,8 @@ def test_denoiser_steps_lower_loss_on_fixed_batch(tokenizer_dir, corpus):
             return float(((unet(noisy, t, text_encoder(ids)[0]).sample - noise) ** 2).mean())
 
     before = fixed_loss()
-    settings = replace(TINY, unet_steps=30, batch_size=8, learning_rate=2e-3, caption_dropout=0.0)
+    settings = replace(TINY, unet_steps=30, batch_size=8, learning_rate=2e-3, caption_dropout=0.0,
+                       attention_loss_weight=0.0)  # plain denoising (alignment: test_pretrain_attention.py)
     rows = []
     train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions, scale, settings, gen, rows, 0.0)
     assert len(rows) == 30 and all(r[0] == "unet" for r in rows)
