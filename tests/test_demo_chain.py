@@ -1,0 +1,27 @@
+"""The default run is a scientific check: a reduced demo chain must localize clearly above the
+centre-box baseline. If the plumbing breaks anywhere (token index, attention layers, box alignment,
+a transposed resize), the CAM boxes fall to chance and this test fails."""
+
+import json
+
+import pytest
+
+from workflow_utils import REPO, prepare_workdir, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+CONFIG = REPO / "tests" / "configs" / "demo_check.yaml"
+VARIANT = "gtk_w0.60_t0-99"
+
+
+def test_reduced_chain_localizes_above_centre_baseline(tmp_path):
+    workdir = prepare_workdir(tmp_path)
+    run_snakemake(workdir, "results/tables/main.csv", configfile=CONFIG, timeout=1500)
+    ours = json.loads((workdir / f"results/cub_demo/genpromp/eval/{VARIANT}/summary.json").read_text())
+    centre = json.loads((workdir / "results/cub_demo/baselines/center/summary.json").read_text())
+    assert ours["n_images"] == 18
+    gt_known, centre_gt_known = ours["tscam"]["gt_known"], centre["tscam"]["gt_known"]
+    v2, centre_v2 = ours["wsol"]["v2"]["mean"], centre["wsol"]["v2"]["mean"]
+    print(f"GT-known {gt_known:.1f} (centre {centre_gt_known:.1f}); MaxBoxAccV2 {v2:.1f} (centre {centre_v2:.1f})")
+    assert gt_known >= centre_gt_known + 20
+    assert v2 >= centre_v2 + 10
