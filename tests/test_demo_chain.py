@@ -25,3 +25,11 @@ def test_reduced_chain_localizes_above_centre_baseline(tmp_path):
     print(f"GT-known {gt_known:.1f} (centre {centre_gt_known:.1f}); MaxBoxAccV2 {v2:.1f} (centre {centre_v2:.1f})")
     assert gt_known >= centre_gt_known + 20
     assert v2 >= centre_v2 + 10
+
+    # a new threshold reruns evaluation only: nothing upstream of the CAM cache
+    proc = run_snakemake(workdir, "results/tables/main.csv", "-n", "--config",
+                         "datasets={'cub_demo': {'cam_thr': 0.4}}", configfile=CONFIG)
+    stats = proc.stdout.split("Job stats:")[1].split("total")[0]
+    planned = {line.split()[0] for line in stats.splitlines()[3:] if line.strip()}
+    assert planned <= {"evaluate_shard", "merge_eval", "evaluate_baselines", "tables"}, planned
+    assert "evaluate_shard" in planned

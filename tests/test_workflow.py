@@ -56,6 +56,9 @@ def test_data_stages_run(tmp_path):
         assert all(len(b) >= 1 for b in test["boxes"])
     imnet = pd.read_parquet(workdir / "results/imagenet_demo/index/classes.parquet")
     assert imnet["wnid"].iloc[0] == "n01440764"
-    # a second run has nothing to do
+    # a second run has nothing to do, also when only evaluation settings changed
     proc = run_snakemake(workdir, *targets, "-n", configfile=REPO / "tests/configs/tiny.yaml")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+    proc = run_snakemake(workdir, *targets, "-n", "--config", "datasets={'cub_demo': {'cam_thr': 0.4}}",
+                         configfile=REPO / "tests/configs/tiny.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]

@@ -29,7 +29,12 @@ if config["demo"]["enabled"]:
             markers=list(data_demo_markers().values()),
             corpus=f"{config['demo']['root']}/corpus/captions.csv",
         params:
-            config=config,
+            # only what the generator reads, so unrelated config changes do not regenerate the data
+            config={
+                "seed": config["seed"],
+                "demo": {k: v for k, v in config["demo"].items() if k != "tiny_model"},
+                "datasets": {n: {"layout": d["layout"], "root": d["root"]} for n, d in DATASETS.items()},
+            },
         conda:
             "../../environment.yml"
         log:
