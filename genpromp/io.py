@@ -29,6 +29,7 @@ def atomic_path(dest, suffix=None):
     suffix = dest.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp.", suffix=suffix, dir=dest.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, dest)
@@ -44,6 +45,7 @@ def atomic_dir(dest):
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield tmp
         if dest.exists():
@@ -56,6 +58,12 @@ def atomic_dir(dest):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(dest, text):

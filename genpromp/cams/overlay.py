@@ -1,6 +1,6 @@
 """Visual check of a CAM cache: heat map over the image, the predicted TS-CAM box and the GT boxes.
 
-For the first ``n_vis`` images of a variant's cache, the ground-truth-class map (role ``gt``) is drawn over
+For ``n_vis`` images spread evenly over a variant's cache (so every class shows), the ground-truth-class map (role ``gt``) is drawn over
 the image in the TS-CAM frame; the predicted box (TS-CAM protocol at the dataset's ``cam_thr``, boxes
 from ``genpromp.evaluation``) is green, the GT boxes red. One PNG per image, named after the image id.
 """
@@ -63,7 +63,7 @@ def _write_index_html(path, names, cam_thr):
 
 
 def write_overlays(cache_dir, index_path, dataset_root, out_dir, n_vis, cam_thr, frame=512, role="gt"):
-    """Draw overlays for the first ``n_vis`` images of the cache into ``out_dir`` (written atomically),
+    """Draw overlays for ``n_vis`` evenly spaced images of the cache into ``out_dir`` (written atomically),
     plus an ``index.html`` that shows them.
 
     index_path: the dataset's test index parquet (paths, sizes, boxes). Returns the list of PNG names.
@@ -72,7 +72,9 @@ def write_overlays(cache_dir, index_path, dataset_root, out_dir, n_vis, cam_thr,
     index = pd.read_parquet(index_path).set_index("image_id")
     names = []
     with atomic_dir(out_dir) as tmp:
-        for image_id in cache.image_ids[: int(n_vis)]:
+        ids = list(cache.image_ids)
+        picks = sorted({int(i * len(ids) / int(n_vis)) for i in range(int(n_vis))}) if n_vis and ids else []
+        for image_id in [ids[i] for i in picks]:
             rec = index.loc[image_id]
             rgb = read_rgb(resolve_inside(dataset_root, rec["path"], index_path))
             _, cam = cache.get(image_id, role)

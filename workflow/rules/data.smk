@@ -32,7 +32,10 @@ if config["demo"]["enabled"]:
             # only what the generator reads, so unrelated config changes do not regenerate the data
             config={
                 "seed": config["seed"],
-                "demo": {k: v for k, v in config["demo"].items() if k != "tiny_model"},
+                "demo": {
+                    **{k: v for k, v in config["demo"].items() if k != "tiny_model"},
+                    "tiny_model": {"resolution": config["demo"]["tiny_model"]["resolution"]},
+                },
                 "datasets": {n: {"layout": d["layout"], "root": d["root"]} for n, d in DATASETS.items()},
             },
         conda:
