@@ -59,7 +59,7 @@ if config["demo"]["enabled"]:
         output:
             f"{config['demo']['root']}/classifications/{{dataset}}_democls.json",
         params:
-            dataset=lambda w: config["datasets"][w.dataset],
+            dataset=lambda w: dataset_view(w.dataset),
             epochs=config["demo"]["classifier_epochs"],
             seed=config["seed"],
         conda:
