@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..errors import GenprompError
 
 __all__ = [
+    "ExplicitAttentionProcessor",
     "CamGroup", "CrossAttnLayer", "CaptureStore", "TokenCaptureProcessor",
     "groups_from_config", "find_cross_attention_layers", "select_group_layers",
     "capture_cross_attention", "run_unet_capture", "resize_group_map", "combine_group_maps",
@@ -181,19 +182,13 @@ class CaptureStore:
         return out
 
 
-class TokenCaptureProcessor:
-    """Attention processor that records ``softmax(Q Kᵀ·scale)[..., token_index]`` averaged over heads.
+class ExplicitAttentionProcessor:
+    """Base attention processor that computes ``softmax(Q Kᵀ·scale)`` explicitly (float32) and hands the
+    probabilities [B, heads, L, K] to :meth:`record` before finishing the layer exactly as diffusers'
+    default processor does (same output hidden states, without the fused kernel). Subclasses record."""
 
-    Output hidden states equal the default processor's (explicit softmax in float32 instead of the fused
-    kernel). ``stop`` = raise :class:`_StopUNet` after recording (the last layer the CAM needs).
-    """
-
-    def __init__(self, store, group_index, token_index, expected_len, stop=False):
-        self.store = store
-        self.group_index = group_index
-        self.token_index = int(token_index)
-        self.expected_len = int(expected_len)
-        self.stop = stop
+    def record(self, probs, length):
+        raise NotImplementedError
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
@@ -205,9 +200,6 @@ class TokenCaptureProcessor:
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
         batch, length, _ = hidden_states.shape
-        if length != self.expected_len:
-            raise GenprompError(f"capture: a layer expected {self.expected_len} queries but got {length}; the "
-                                "latent size given to capture_cross_attention does not match the UNet input")
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query = attn.to_q(hidden_states)
@@ -230,9 +222,7 @@ class TokenCaptureProcessor:
             mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
             scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
         probs = scores.softmax(dim=-1)  # [B, heads, L, 77]
-        self.store.add(self.group_index, probs[..., self.token_index].mean(dim=1))
-        if self.stop:
-            raise _StopUNet()
+        self.record(probs, length)
         hidden_states = torch.matmul(probs.to(value.dtype), value)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
@@ -242,6 +232,29 @@ class TokenCaptureProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class TokenCaptureProcessor(ExplicitAttentionProcessor):
+    """Attention processor that records ``softmax(Q Kᵀ·scale)[..., token_index]`` averaged over heads.
+
+    Output hidden states equal the default processor's (explicit softmax in float32 instead of the fused
+    kernel). ``stop`` = raise :class:`_StopUNet` after recording (the last layer the CAM needs).
+    """
+
+    def __init__(self, store, group_index, token_index, expected_len, stop=False):
+        self.store = store
+        self.group_index = group_index
+        self.token_index = int(token_index)
+        self.expected_len = int(expected_len)
+        self.stop = stop
+
+    def record(self, probs, length):
+        if length != self.expected_len:
+            raise GenprompError(f"capture: a layer expected {self.expected_len} queries but got {length}; the "
+                                "latent size given to capture_cross_attention does not match the UNet input")
+        self.store.add(self.group_index, probs[..., self.token_index].mean(dim=1))
+        if self.stop:
+            raise _StopUNet()
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from ..errors import GenprompError, InputError
 from ..io import atomic_path, resolve_inside, write_text_atomic
 from ..prompts import TEMPLATES, token_index, tokenize
+from ..cams.capture import ExplicitAttentionProcessor
 from .tiny import create_tiny_components, save_components
 
 __all__ = [
@@ -369,60 +370,20 @@ class WordMapRecorder:
         self.maps = []
 
 
-class AttentionAlignProcessor:
+class AttentionAlignProcessor(ExplicitAttentionProcessor):
     """Training processor for one ``attn2``: explicit softmax (float32, differentiable), records the
     object-word probability mass per query into a :class:`WordMapRecorder`, returns the same hidden
-    states as the default processor (mirrors ``capture.TokenCaptureProcessor``)."""
+    states as the default processor (shares the computation with ``capture.TokenCaptureProcessor``)."""
 
     def __init__(self, recorder, downsample):
         self.recorder = recorder
         self.downsample = int(downsample)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        batch = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
-        if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
-            scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
-        probs = scores.softmax(dim=-1)  # [B, heads, L, 77]
+    def record(self, probs, length):
         rec = self.recorder
         mass = (probs.mean(dim=1) * rec.token_weights[:, None, :]).sum(-1)  # [B, L]
         lh, lw = rec.latent_hw
         rec.maps.append((lh // self.downsample, lw // self.downsample, mass))
-        hidden_states = torch.matmul(probs.to(value.dtype), value)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
 
 
 @contextlib.contextmanager
