@@ -17,13 +17,23 @@ def repo_root():
     return REPO
 
 
-@pytest.fixture(scope="session")
-def tokenizer_dir():
-    """The real CLIP tokenizer folder, built from the open-clip-torch wheel on first use."""
+def ensure_assets():
+    """Build resources/assets/ (the real CLIP tokenizer and LOC_synset_mapping.txt, from the
+    open-clip-torch and timm wheels on PyPI) once per fresh checkout; many tests read them."""
     from genpromp.assets import build_assets
 
     if not (ASSETS / "clip_tokenizer" / "vocab.json").is_file() or not (ASSETS / "LOC_synset_mapping.txt").is_file():
         build_assets(ASSETS)
+
+
+def pytest_sessionstart(session):
+    # before collection: some test modules check for the assets at import time
+    ensure_assets()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir():
+    ensure_assets()
     return ASSETS / "clip_tokenizer"
 
 
