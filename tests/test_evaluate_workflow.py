@@ -32,6 +32,7 @@ checkpoint index:
     output: test="results/demo/index/test.parquet"
     shell: "cp {{input}} {{output.test}}"
 
+include: "{ROOT}/workflow/rules/evaluate_inputs.smk"
 include: "{ROOT}/workflow/rules/evaluate.smk"
 '''
 
@@ -76,6 +77,7 @@ EVAL_META = {{f"results/cub_demo/genpromp/eval/top1_w{{w}}_t0-99/summary.json":
              for w in ("0.40", "0.60")}}
 def eval_summaries(): return [list(EVAL_META)[1]]
 def ablation_summaries(): return list(EVAL_META)
+include: "{ROOT}/workflow/rules/evaluate_inputs.smk"
 include: "{ROOT}/workflow/rules/tables.smk"
 
 rule overlays_standin:  # the pattern the lead wires into cams.smk rule overlays

@@ -240,71 +240,10 @@ def cam_shard_paths(wildcards):
             for k in range(n_shards)]
 
 
-# ---------------------------------------------------------------- evaluate stage
-import re as _eval_re
-
-import pandas as _eval_pd
-
-from genpromp.evaluation.evaluate import eval_part_shards as _eval_part_shards
-
-EVAL_VARIANT_RE = _eval_re.compile(r"(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9.]+)_t(?P<ts>[0-9-]+)")
-
-
-wildcard_constraints:
-    part=r"[0-9]+",
-
-
-def _eval_scores(wildcards):
-    ds = config["datasets"][wildcards.dataset]
-    if wildcards.variant.startswith("gtk_") or not ds.get("classifier"):
-        return []
-    return f"results/{wildcards.dataset}/scores/{ds['classifier']['name']}.parquet"
-
-
-def _baseline_scores(wildcards):
-    ds = config["datasets"][wildcards.dataset]
-    return f"results/{wildcards.dataset}/scores/{ds['classifier']['name']}.parquet" if ds.get("classifier") else []
-
-
-def eval_parts(wildcards):
-    """CAM shard numbers of each evaluation part of the dataset (list of lists); needs the index checkpoint."""
-    test = checkpoints.index.get(dataset=wildcards.dataset).output.test
-    n_images = _eval_pd.read_parquet(test, columns=["image_id"]).shape[0]
-    return _eval_part_shards(n_images, config["test"]["shard_size"], config["evaluation"]["shard_size"])
-
-
-def _part_cam_shards(wildcards):
-    parts = eval_parts(wildcards)
-    p = int(wildcards.part)
-    if p >= len(parts):
-        raise WorkflowError(f"evaluation part {p} does not exist for {wildcards.dataset} ({len(parts)} parts)")
-    return parts[p]
-
-
-def _part_cam_files(wildcards):
-    return [f"results/{wildcards.dataset}/{wildcards.run}/cams/{wildcards.variant}/shard-{k:05d}.npz"
-            for k in _part_cam_shards(wildcards)]
-
-
-def _eval_part_files(kind):
-    def files(wildcards):
-        return [f"results/{wildcards.dataset}/{wildcards.run}/eval/{wildcards.variant}/parts/part-{p:05d}.{kind}"
-                for p in range(len(eval_parts(wildcards)))]
-    return files
-
-
-def _eval_meta(wildcards):
-    match = EVAL_VARIANT_RE.fullmatch(wildcards.variant)
-    return {"dataset": wildcards.dataset, "run": wildcards.run, "variant": wildcards.variant,
-            "mode": match["mode"] if match else None, "ratio": float(match["ratio"]) if match else None,
-            "cams": f"results/{wildcards.dataset}/{wildcards.run}/cams/{wildcards.variant}",
-            "scores": _eval_scores(wildcards) or None}
-
-
-# ---------------------------------------------------------------- tables stage
-def _baseline_summaries(wildcards=None):
-    datasets = sorted({m["dataset"] for m in EVAL_META.values()})
-    return [f"results/{d}/baselines/{b}/summary.json" for d in datasets for b in ("center", "full")]
+# ---------------------------------------------------------------- evaluate + tables stages
+# (their input functions live in their own functions-only file, so tests can include the
+# evaluation rules on their own)
+include: "evaluate_inputs.smk"
 
 
 # ---------------------------------------------------------------- tokens stage
