@@ -13,7 +13,7 @@ and that exactly the GPU rules' sbatch calls requested a GPU. It skips, saying w
 apt-get is unavailable.
 
 What runs is set by the constants below (or the environment variables named next to them):
-by default the real workflow on the micro demo chain (tests/configs/micro.yaml); the small stand-in
+by default the real workflow on the micro demo chain (tests/configs/cluster.yaml); the small stand-in
 workflow in tests/cluster/standin/ is still used by test_profile_is_valid.
 """
 
@@ -37,7 +37,7 @@ SNAKEFILE = os.environ.get("GENPROMP_CLUSTER_SNAKEFILE", "Snakefile")
 # Snakemake targets (rule names or files), space-separated.
 TARGETS = shlex.split(os.environ.get("GENPROMP_CLUSTER_TARGETS", "all"))
 # Extra Snakemake arguments for both runs (after the targets: --configfile takes several values).
-EXTRA_ARGS = shlex.split(os.environ.get("GENPROMP_CLUSTER_ARGS", "--configfile tests/configs/micro.yaml"))
+EXTRA_ARGS = shlex.split(os.environ.get("GENPROMP_CLUSTER_ARGS", "--configfile tests/configs/cluster.yaml"))
 # Rules whose jobs must request a GPU; every other rule's jobs must not.
 GPU_RULES = set(os.environ.get("GENPROMP_CLUSTER_GPU_RULES", "embeddings extract_cams").split())
 # Relative tolerance for numbers in the compared tables; 0 = the CSV files must be byte-identical.
