@@ -13,7 +13,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["SCHEMA_PATH", "load_schema", "validate_config", "load_config", "variant_name"]
+__all__ = ["SCHEMA_PATH", "load_schema", "validate_config", "load_config", "variant_name", "settings_from_section"]
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -127,3 +127,16 @@ def _merge(base, extra):
 def variant_name(mode, ratio, timesteps):
     """CAM cache variant: what changes the maps, e.g. ``top1_w0.60_t0-99``."""
     return f"{mode}_w{ratio:.2f}_t{'-'.join(str(int(t)) for t in timesteps)}"
+
+
+def settings_from_section(cls, config, section):
+    """A settings dataclass from ``config[section]`` (keys the dataclass knows), plus the global
+    ``seed`` and the ``compute`` keys it declares (``mixed_precision``, ``num_workers``)."""
+    fields = cls.__dataclass_fields__
+    kwargs = {k: v for k, v in config[section].items() if k in fields}
+    compute = config.get("compute", {})
+    kwargs["seed"] = int(config.get("seed", 0))
+    kwargs["mixed_precision"] = compute.get("mixed_precision", "no")
+    if "num_workers" in fields:
+        kwargs["num_workers"] = int(compute.get("num_workers", 0))
+    return cls(**kwargs)

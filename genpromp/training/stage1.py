@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.indexing import image_root_for
 from ..errors import GenprompError
 from ..io import atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
@@ -98,11 +99,9 @@ class Stage1Settings:
     @classmethod
     def from_config(cls, config):
         """Settings from a validated workflow config dict."""
-        tt = config["train_token"]
-        names = set(cls.__dataclass_fields__)
-        kwargs = {k: v for k, v in tt.items() if k in names}
-        return cls(**kwargs, seed=int(config.get("seed", 0)),
-                   mixed_precision=config.get("compute", {}).get("mixed_precision", "no"))
+        from ..config import settings_from_section
+
+        return settings_from_section(cls, config, "train_token")
 
     def effective_lr(self):
         """lr × batch × grad_accum when ``scale_lr`` (one process trains each class)."""
@@ -606,7 +605,8 @@ def run_train_token_job(config, dataset, shard, out, log_csv, results="results")
         return out
     ds = config["datasets"][dataset]
     index = Path(results) / dataset / "index"
-    return train_token_shard(config["pretrained"], index / "train.parquet", index / "classes.parquet", ds["root"],
+    return train_token_shard(config["pretrained"], index / "train.parquet", index / "classes.parquet",
+                             image_root_for(ds),
                              out, shard, config["train_token"]["shards"], Stage1Settings.from_config(config),
                              log_csv)
 
@@ -623,7 +623,7 @@ def _run_cli(args):
     results = Path(args.results) / args.dataset
     out = Path(args.out or results / "tokens" / f"shard-{args.shard}.safetensors")
     train_token_shard(config["pretrained"], results / "index" / "train.parquet",
-                      results / "index" / "classes.parquet", ds["root"], out, args.shard,
+                      results / "index" / "classes.parquet", image_root_for(ds), out, args.shard,
                       config["train_token"]["shards"], settings, out.with_suffix(".log.csv"))
 
 

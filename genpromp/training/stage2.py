@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ..data.indexing import image_root_for
 from ..errors import GenprompError, InputError
 from ..io import atomic_dir, atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
@@ -66,11 +67,10 @@ class Stage2Settings:
 
     @classmethod
     def from_config(cls, config):
-        tu = config["train_unet"]
-        kwargs = {k: v for k, v in tu.items() if k in cls.__dataclass_fields__}
-        compute = config.get("compute", {})
-        return cls(**kwargs, seed=int(config.get("seed", 0)), mixed_precision=compute.get("mixed_precision", "no"),
-                   num_workers=int(compute.get("num_workers", 0)))
+        """Settings from a validated workflow config dict."""
+        from ..config import settings_from_section
+
+        return settings_from_section(cls, config, "train_unet")
 
     def effective_lr(self, num_processes=1):
         """lr × batch × grad_accum × processes when ``scale_lr``."""
@@ -333,7 +333,7 @@ def run_train_unet_job(config, dataset, out_dir, log_csv, tokens=None, results="
         return out_dir
     index = Path(results) / dataset / "index"
     return train_unet(config["pretrained"], index / "train.parquet", index / "classes.parquet",
-                      config["datasets"][dataset]["root"], tokens, out_dir, Stage2Settings.from_config(config),
+                      image_root_for(config["datasets"][dataset]), tokens, out_dir, Stage2Settings.from_config(config),
                       log_csv)
 
 
@@ -346,7 +346,7 @@ def _run_cli(args):
     results = Path(args.results) / args.dataset
     out = Path(args.out or results / "unet")
     train_unet(config["pretrained"], results / "index" / "train.parquet", results / "index" / "classes.parquet",
-               config["datasets"][args.dataset]["root"], args.tokens or results / "tokens" / "tokens.safetensors",
+               image_root_for(config["datasets"][args.dataset]), args.tokens or results / "tokens" / "tokens.safetensors",
                out, Stage2Settings.from_config(config), Path(str(out) + ".log.csv"))
 
 
