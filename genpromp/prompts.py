@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from .errors import GenprompError
 
 __all__ = [
@@ -77,12 +75,18 @@ def token_index(tokenizer, templates=TEMPLATES, word="object"):
     return positions.pop()
 
 
-@torch.no_grad()
 def add_concept_tokens(tokenizer, text_encoder, concept_tokens, meta_words):
     """Add ``concept_tokens`` to the tokenizer and initialise each row from its meta word's row.
 
     Returns the new token ids. Tokens already present are an error (a tokenizer is set up once).
     """
+    import torch  # here, not at module level: indexing uses this module and should start without torch
+
+    with torch.no_grad():
+        return _add_concept_tokens(tokenizer, text_encoder, concept_tokens, meta_words)
+
+
+def _add_concept_tokens(tokenizer, text_encoder, concept_tokens, meta_words):
     added = tokenizer.add_tokens(list(concept_tokens))
     if added != len(concept_tokens):
         raise GenprompError("some concept tokens already exist in the tokenizer; load a fresh tokenizer")

@@ -5,16 +5,19 @@ under profiles/, so a misspelt key or a flag the installed Snakemake or SLURM pl
 fails here instead of on a cluster.
 
 `test_slurm_run_matches_local_run` (marked `cluster` and `slow`) brings up a single-node SLURM
-cluster on this machine (tests/cluster/start_slurm.sh: root + apt-get), runs the same workflow
-twice in two fresh copies of the repository tree -- once locally (`--profile
-profiles/workstation --cores 2`) and once through SLURM (`--profile profiles/slurm-ci`) -- and
-asserts that both wrote the same `results/tables/**/*.csv`, that every job went through sbatch,
-and that exactly the GPU rules' sbatch calls requested a GPU. It skips, saying why, where root or
-apt-get is unavailable.
+cluster on this machine (tests/cluster/start_slurm.sh: root + apt-get), runs the workflow through
+SLURM (`--profile profiles/slurm-ci`) in a fresh copy of the repository tree, and asserts that it
+wrote the same `results/tables/**/*.csv` as a local run of the same workflow and config, that every
+job went through sbatch, and that exactly the GPU rules' sbatch calls requested a GPU. It skips,
+saying why, where root or apt-get is unavailable.
 
-What runs is set by the constants below (or the environment variables named next to them):
-by default the real workflow on the micro demo chain (tests/configs/cluster.yaml); the small stand-in
-workflow in tests/cluster/standin/ is still used by test_profile_is_valid.
+What runs is set by the constants below (or the environment variables named next to them): by
+default the real workflow on the micro demo chain (tests/configs/micro.yaml: stage-1 shards, CAM
+shards and evaluation parts all fan out into several jobs). Its local run is the micro reference run
+that the resume and reproducibility tests share (fixture `micro_reference`), so the whole workflow
+runs locally once per session; with other targets or arguments the test runs its own local run
+(`--profile profiles/workstation --cores 2`). The small stand-in workflow in tests/cluster/standin/
+is used by test_profile_is_valid.
 """
 
 import os
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_resume_workflow import micro_reference  # noqa: F401  (the shared local run; see local_tables)
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = REPO / "tests" / "cluster"
@@ -37,7 +41,10 @@ SNAKEFILE = os.environ.get("GENPROMP_CLUSTER_SNAKEFILE", "Snakefile")
 # Snakemake targets (rule names or files), space-separated.
 TARGETS = shlex.split(os.environ.get("GENPROMP_CLUSTER_TARGETS", "all"))
 # Extra Snakemake arguments for both runs (after the targets: --configfile takes several values).
-EXTRA_ARGS = shlex.split(os.environ.get("GENPROMP_CLUSTER_ARGS", "--configfile tests/configs/cluster.yaml"))
+DEFAULT_ARGS = "--configfile tests/configs/micro.yaml"
+EXTRA_ARGS = shlex.split(os.environ.get("GENPROMP_CLUSTER_ARGS", DEFAULT_ARGS))
+# The default run is the micro reference run's workflow: its tables are the local result.
+USES_MICRO_REFERENCE = (SNAKEFILE, TARGETS, EXTRA_ARGS) == ("Snakefile", ["all"], shlex.split(DEFAULT_ARGS))
 # Rules whose jobs must request a GPU; every other rule's jobs must not.
 GPU_RULES = set(os.environ.get("GENPROMP_CLUSTER_GPU_RULES", "embeddings extract_cams").split())
 # Relative tolerance for numbers in the compared tables; 0 = the CSV files must be byte-identical.
@@ -168,14 +175,23 @@ def slurm_cluster():
         subprocess.run([str(CLUSTER_DIR / "stop_slurm.sh")], timeout=120)
 
 
-@pytest.mark.cluster
-@pytest.mark.slow
-def test_slurm_run_matches_local_run(slurm_cluster, tmp_path):
+def local_tables(request, tmp_path):
+    """Tables of a local run of the workflow under test: the shared micro reference run, or a run of
+    its own (workstation profile) for other targets / arguments."""
+    if USES_MICRO_REFERENCE:
+        return collect_tables(request.getfixturevalue("micro_reference"))
     local_tree = copy_tree(tmp_path / "local")
-    slurm_tree = copy_tree(tmp_path / "slurm")
-
     local_s, local_log = run_workflow(local_tree, ["--profile", "profiles/workstation", "--cores", "2"], tmp_path / "local.log")
     assert "sbatch call" not in local_log
+    print(f"\nlocal run {local_s:.1f} s")
+    return collect_tables(local_tree)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_slurm_run_matches_local_run(slurm_cluster, request, tmp_path):
+    local = local_tables(request, tmp_path)
+    slurm_tree = copy_tree(tmp_path / "slurm")
 
     try:
         slurm_s, slurm_log = run_workflow(slurm_tree, ["--profile", "profiles/slurm-ci", "--verbose"], tmp_path / "slurm.log")
@@ -183,7 +199,7 @@ def test_slurm_run_matches_local_run(slurm_cluster, tmp_path):
         # Whatever happened, no job of this run may stay queued.
         for run_id in re.findall(r"SLURM run ID: (\S+)", (tmp_path / "slurm.log").read_text()):
             subprocess.run(["scancel", "--name", run_id], timeout=60)
-    print(f"\nlocal run {local_s:.1f} s, SLURM run {slurm_s:.1f} s")
+    print(f"\nSLURM run {slurm_s:.1f} s")
 
     # Every job went through sbatch, and squeue (not sacct) reported its state.
     calls = sbatch_calls_by_rule(slurm_log)
@@ -199,4 +215,4 @@ def test_slurm_run_matches_local_run(slurm_cluster, tmp_path):
     assert {rule for rule, _ in gpu_calls} == GPU_RULES & {rule for rule, _ in calls}
 
     # Same tables from both runs.
-    assert_tables_equal(collect_tables(local_tree), collect_tables(slurm_tree))
+    assert_tables_equal(local, collect_tables(slurm_tree))

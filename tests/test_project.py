@@ -108,10 +108,42 @@ def test_meta_token_rule(tokenizer):
 def test_cli_help_lists_every_command(capsys):
     from genpromp.cli import build_parser
 
-    parser = build_parser()
+    parser = build_parser([])
     help_text = parser.format_help()
     for command in ["assets", "index", "import-scores", "train-token", "train-unet", "extract-cams", "evaluate"]:
         assert command in help_text
+
+
+def test_cli_command_table_matches_the_modules():
+    """cli.COMMANDS (what `genpromp --help` shows without importing the modules) names every command the
+    modules register, with the module that registers it and the same one-line help."""
+    import argparse
+    import importlib
+
+    from genpromp.cli import COMMANDS, build_parser
+
+    registered = {}
+    for module in dict.fromkeys(m for _, m, _ in COMMANDS):
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register_cli(sub)
+        for action in sub._choices_actions:
+            registered[action.dest] = (module, action.help)
+    assert registered == {name: (module, help_line) for name, module, help_line in COMMANDS}
+    # a command's own parser is the full one (its options), the others are one-line placeholders
+    parser = build_parser(["index", "--help"])
+    index_parser = parser._subparsers._group_actions[0].choices["index"]
+    assert any(a.dest == "verify" for a in index_parser._actions)
+
+
+def test_cli_light_command_does_not_import_torch():
+    """`genpromp index` (and `--help`) start without importing torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from genpromp.cli import build_parser; build_parser(['index', 'x']); "
+            "build_parser([]).format_help(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 BANNED_CALLS = {"eval", "exec"}
