@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from genpromp.data.indexing import index_cub, index_imagenet
-from genpromp.data.synth import (DEMO_CLASSES, COLOURS, TEXTURES, SHAPES, caption_for, demo_classes,
+from genpromp.data.synth import (DEMO_CLASSES, COLOURS, TEXTURES, SHAPES, ObjectKind, caption_for, demo_classes,
                                  render_scene, write_corpus, write_cub_dataset, write_imagenet_dataset)
 
 from data_fixtures import SYNSETS, load_tokenizer
@@ -42,6 +42,31 @@ def test_render_scene_tight_boxes():
         assert 0 <= x1 < x2 <= 120 and 0 <= y1 < y2 <= 90
         red = (img[..., 0].astype(int) - img[..., 2].astype(int)) > 60
         assert red[int(y1):int(y2), int(x1):int(x2)].any()
+
+
+def test_object_size_and_outline():
+    """object_size bounds the object's extent (fraction of the shorter side); the outline darkens a rim
+    inside the object and leaves the box and the interior as they were."""
+    kind = ObjectKind("red", "plain", "square")
+    for lo, hi in [(0.2, 0.3), (0.6, 0.7)]:
+        for seed in range(5):
+            _, boxes = render_scene(kind, np.random.default_rng(seed), 200, 160, 1, (lo, hi), outline=0.0)
+            x1, y1, x2, y2 = boxes[0]
+            extent = max(x2 - x1, y2 - y1) / 160
+            assert lo * 0.75 <= extent <= hi * 1.05, (lo, hi, extent)   # square: 0.8 x 2 of the nominal half size, rotated
+    plain, b0 = render_scene(kind, np.random.default_rng(1), 200, 160, 1, (0.5, 0.5), outline=0.0)
+    rimmed, b1 = render_scene(kind, np.random.default_rng(1), 200, 160, 1, (0.5, 0.5), outline=0.05)
+    assert b0 == b1
+    x1, y1, x2, y2 = (int(v) for v in b0[0])
+    cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+    colour = np.array(COLOURS[kind.colour], float)
+    assert np.abs(rimmed[cy, cx].astype(float) - plain[cy, cx]).max() <= 12          # interior: same pixels (noise only)
+    changed = np.abs(rimmed.astype(float) - plain).max(-1) > 40
+    ys, xs = np.nonzero(changed)
+    assert changed.sum() > 50 and ys.min() >= y1 and ys.max() < y2 and xs.min() >= x1 and xs.max() < x2
+    assert (rimmed[changed].mean(0) < colour * 0.5).all()                               # the rim is a dark shade
+    with pytest.raises(Exception, match="object_size"):
+        render_scene(kind, np.random.default_rng(0), 100, 100, 1, (0.5, 0.2))
 
 
 def test_cub_deterministic_and_indexable(tmp_path):

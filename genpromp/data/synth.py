@@ -2,8 +2,8 @@
 
 Every object is a *(colour, texture, shape)* combination ("red striped triangle"); a demo class is
 one combination, so class identity is visible in appearance (demo classes differ in two or three
-attributes where possible, see ``DEMO_CLASSES``). Objects (15 %–60 % of the shorter image side, at a
-random position and a small random rotation) are drawn on cluttered backgrounds that carry no class
+attributes where possible, see ``DEMO_CLASSES``). Objects (by default 25 %–65 % of the shorter image
+side, ``object_size``; corpus 25 %–75 %; at a random position and a small random rotation) are drawn on cluttered backgrounds that carry no class
 information: a low-saturation base colour of uniformly random hue, smooth low-frequency shading,
 low-contrast ellipses and lines in colours near the base colour, and pixel noise — all drawn
 independently of the class. Image sides are drawn independently from ``image_size = [min, max]``,
@@ -235,15 +235,43 @@ def _tight_box(mask):
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
-def render_scene(kind, rng, width, height, n_instances=1, size_range=(0.15, 0.6)):
+DEFAULT_OBJECT_SIZE = (0.25, 0.65)         # demo datasets and probes: fraction of the shorter image side
+DEFAULT_CORPUS_OBJECT_SIZE = (0.25, 0.75)  # pretraining corpus
+_MAX_TWO_INSTANCE_SIZE = 0.4               # two instances must fit side by side
+DEFAULT_OUTLINE = 0.04                     # dark rim: fraction of the object extent
+
+
+def _check_size_range(size_range, key="demo.object_size"):
+    lo, hi = (float(v) for v in size_range)
+    if not 0 < lo <= hi <= 1:
+        raise GenprompError(f"{key} [{lo}, {hi}]: need 0 < min <= max <= 1 (fractions of the shorter image side)")
+    return lo, hi
+
+
+def _outlined(surface, mask_img, colour, width):
+    """``surface`` with the ``width``-pixel inner rim of the mask painted in a dark shade of ``colour``."""
+    inner = np.asarray(mask_img.filter(ImageFilter.MinFilter(2 * width + 1))) > 127
+    rim = (np.asarray(mask_img) > 127) & ~inner
+    dark = np.array(COLOURS[colour], np.float32) * 0.3
+    return np.where(rim[..., None], dark[None, None], surface)
+
+
+def render_scene(kind, rng, width, height, n_instances=1, size_range=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE):
     """Draw ``n_instances`` objects of ``kind`` on a cluttered background.
+
+    ``size_range``: [min, max] object extent as a fraction of the shorter image side (two instances:
+    max capped at 0.4, and shrunk further until both fit). ``outline``: width of a dark rim inside
+    the object's edge, as a fraction of its extent (0 = none).
 
     Returns ``(image uint8 [H, W, 3], boxes)`` with boxes a list of ``[x1, y1, x2, y2]`` floats,
     tight around each object's pixels, ``x2``/``y2`` exclusive.
     """
     image = _background(rng, height, width)
     side = min(width, height)
-    lo, hi = size_range if n_instances == 1 else (size_range[0], min(size_range[1], 0.4))
+    lo, hi = _check_size_range(size_range)
+    if n_instances > 1:
+        hi = min(hi, _MAX_TWO_INSTANCE_SIZE)
+        lo = min(lo, hi)
     taken, boxes = [], []
     for _ in range(n_instances):
         frac = rng.uniform(lo, hi)
@@ -258,6 +286,8 @@ def render_scene(kind, rng, width, height, n_instances=1, size_range=(0.15, 0.6)
         ImageDraw.Draw(mask_img).polygon([tuple(p) for p in pts], fill=255)
         mask = np.asarray(mask_img) > 127
         surface = _texture(kind.texture, kind.colour, rng, height, width, frac * side)
+        if outline > 0:
+            surface = _outlined(surface, mask_img, kind.colour, max(1, int(round(outline * frac * side))))
         image = np.where(mask[..., None], surface, image)
         taken.append(box)
         boxes.append(_tight_box(mask))
@@ -311,7 +341,7 @@ def _multi_flags(n, fraction, seed, layout, split):
 # ---------------------------------------------------------------------------------------------
 
 def write_cub_dataset(root, n_classes, train_per_class, test_per_class, image_size=(160, 256),
-                      jpeg_quality=92, seed=0):
+                      jpeg_quality=92, seed=0, object_size=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE):
     """Write a CUB_200_2011-layout dataset at ``root`` (atomically, replacing it). Returns root."""
     kinds = demo_classes(n_classes)
     images, labels, split, bboxes = [], [], [], []
@@ -324,7 +354,7 @@ def write_cub_dataset(root, n_classes, train_per_class, test_per_class, image_si
                 is_train = bool(order[k] < train_per_class)
                 rng = _image_rng(seed, _LAYOUT_CUB, 0, c, k)
                 width, height = _random_size(rng, image_size)
-                arr, boxes = render_scene(kind, rng, width, height, 1)
+                arr, boxes = render_scene(kind, rng, width, height, 1, object_size, outline)
                 rel = f"{folder}/{kind.class_name()}_{k + 1:04d}.jpg"
                 _save_jpeg(arr, tmp / "images" / rel, jpeg_quality)
                 images.append(rel)
@@ -354,7 +384,8 @@ def _read_synsets(path, n):
 
 
 def write_imagenet_dataset(root, synset_mapping_path, n_classes, train_per_class, test_per_class,
-                           multi_instance_fraction=0.2, image_size=(160, 256), jpeg_quality=92, seed=0):
+                           multi_instance_fraction=0.2, image_size=(160, 256), jpeg_quality=92, seed=0,
+                           object_size=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE):
     """Write an ILSVRC2012_list-layout dataset at ``root`` (atomically, replacing it). Returns root."""
     kinds = demo_classes(n_classes)
     synsets = _read_synsets(synset_mapping_path, n_classes)
@@ -369,7 +400,7 @@ def write_imagenet_dataset(root, synset_mapping_path, n_classes, train_per_class
                 rng = _image_rng(seed, _LAYOUT_IMAGENET, _SPLIT_TRAIN, c, k)
                 width, height = _random_size(rng, image_size)
                 n_inst = 2 if multi[_SPLIT_TRAIN][c * train_per_class + k] else 1
-                arr, _ = render_scene(kind, rng, width, height, n_inst)
+                arr, _ = render_scene(kind, rng, width, height, n_inst, object_size, outline)
                 rel = f"{wnid}/{wnid}_{10000 + k}.JPEG"
                 _save_jpeg(arr, tmp / "train" / rel, jpeg_quality)
                 train_lines.append(f"{rel} {c}\n")
@@ -379,7 +410,7 @@ def write_imagenet_dataset(root, synset_mapping_path, n_classes, train_per_class
                 rng = _image_rng(seed, _LAYOUT_IMAGENET, _SPLIT_TEST, c, k)
                 width, height = _random_size(rng, image_size)
                 n_inst = 2 if multi[_SPLIT_TEST][c * test_per_class + k] else 1
-                arr, boxes = render_scene(kind, rng, width, height, n_inst)
+                arr, boxes = render_scene(kind, rng, width, height, n_inst, object_size, outline)
                 rel = f"{wnid}/ILSVRC2012_val_{val_counter:08d}.JPEG"
                 _save_jpeg(arr, tmp / "val" / rel, jpeg_quality)
                 coords = " ".join(str(int(v)) for b in boxes for v in b)
@@ -392,7 +423,8 @@ def write_imagenet_dataset(root, synset_mapping_path, n_classes, train_per_class
     return Path(root)
 
 
-def write_corpus(root, n, resolution=128, seed=0, two_fraction=0.25):
+def write_corpus(root, n, resolution=128, seed=0, two_fraction=0.25, object_size=DEFAULT_CORPUS_OBJECT_SIZE,
+                 outline=DEFAULT_OUTLINE):
     """Write the captioned pretraining corpus (``captions.csv`` + ``images/*.png``). Returns root."""
     vocabulary = [ObjectKind(*c) for c in itertools.product(COLOURS, TEXTURES, SHAPES)]
     with atomic_dir(root) as tmp:
@@ -404,7 +436,7 @@ def write_corpus(root, n, resolution=128, seed=0, two_fraction=0.25):
             rng = _image_rng(seed, _LAYOUT_CORPUS, 0, 0, i)
             kind = vocabulary[int(rng.integers(len(vocabulary)))]
             n_inst = 2 if rng.uniform() < two_fraction else 1
-            arr, boxes = render_scene(kind, rng, resolution, resolution, n_inst, size_range=(0.25, 0.75))
+            arr, boxes = render_scene(kind, rng, resolution, resolution, n_inst, object_size, outline)
             rel = f"images/{i:06d}.png"
             Image.fromarray(arr).save(tmp / rel, format="PNG")
             b = np.array(boxes)
@@ -431,7 +463,8 @@ def write_demo_world(config, synset_mapping_path, what=("datasets", "corpus")):
     demo, seed = config["demo"], int(config["seed"])
     common = dict(n_classes=demo["n_classes"], train_per_class=demo["train_per_class"],
                   test_per_class=demo["test_per_class"], image_size=demo["image_size"],
-                  jpeg_quality=demo["jpeg_quality"], seed=seed)
+                  jpeg_quality=demo["jpeg_quality"], seed=seed,
+                  object_size=_check_size_range(demo["object_size"]), outline=float(demo["outline"]))
     written = []
     if "datasets" in what:
         for name, (layout, root) in demo_dataset_targets(config).items():
@@ -446,7 +479,9 @@ def write_demo_world(config, synset_mapping_path, what=("datasets", "corpus")):
     if "corpus" in what:
         t0 = time.perf_counter()
         corpus = Path(demo["root"]) / "corpus"
-        write_corpus(corpus, demo["corpus_size"], demo["tiny_model"]["resolution"], seed)
+        write_corpus(corpus, demo["corpus_size"], demo["tiny_model"]["resolution"], seed,
+                     object_size=_check_size_range(demo["corpus_object_size"], "demo.corpus_object_size"),
+                     outline=float(demo["outline"]))
         log.info("corpus of %d images written to %s in %.1f s", demo["corpus_size"], corpus, time.perf_counter() - t0)
         written.append(corpus)
     return written

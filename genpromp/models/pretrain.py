@@ -114,6 +114,8 @@ class PretrainSettings:
     holdout: int = 16
     probe_images: int = 48
     probe_image_size: tuple = (160, 256)
+    probe_object_size: tuple = (0.25, 0.65)   # from demo.object_size (the probes look like the demo datasets)
+    probe_outline: float = 0.04               # from demo.outline
     probe_timesteps: tuple = (0, 99)
     probe_cam_size: int = 64
     probe_cam_thr: float = 0.23
@@ -521,9 +523,10 @@ class ProbeImage:
     box: tuple = field(default=())
 
 
-def render_probe_set(n, resolution, image_size=(160, 256), seed=0):
-    """``n`` single-object demo-style scenes (every (colour, texture, shape) kind in turn), resized to
-    ``resolution``; boxes rescaled to that square. Independent of the corpus (own seed stream)."""
+def render_probe_set(n, resolution, image_size=(160, 256), seed=0, object_size=(0.25, 0.65), outline=0.04):
+    """``n`` single-object demo-style scenes (every (colour, texture, shape) kind in turn; objects
+    ``object_size`` of the shorter side), resized to ``resolution``; boxes rescaled to that square.
+    Independent of the corpus (own seed stream)."""
     import itertools
 
     from ..data.synth import COLOURS, SHAPES, TEXTURES, ObjectKind, render_scene
@@ -535,7 +538,7 @@ def render_probe_set(n, resolution, image_size=(160, 256), seed=0):
         rng = np.random.default_rng([seed, 999, i])
         kind = kinds[order[i % len(kinds)]]
         w, h = (int(rng.integers(image_size[0], image_size[1] + 1)) for _ in range(2))
-        arr, boxes = render_scene(kind, rng, w, h, 1)
+        arr, boxes = render_scene(kind, rng, w, h, 1, object_size, outline)
         img = np.asarray(Image.fromarray(arr).resize((resolution, resolution), Image.BICUBIC))
         x1, y1, x2, y2 = boxes[0]
         sx, sy = resolution / w, resolution / h
@@ -717,7 +720,7 @@ def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png
               "final_attention_loss": _tail_mean(rows, "unet", 5)}
     if settings.probe_images:
         probes = render_probe_set(settings.probe_images, settings.resolution, settings.probe_image_size,
-                                  settings.seed + 1)
+                                  settings.seed + 1, settings.probe_object_size, settings.probe_outline)
         report["localization"] = attention_localization_score(
             components, probes, timesteps=settings.probe_timesteps, cam_size=settings.probe_cam_size,
             frame=settings.probe_frame, thr=settings.probe_cam_thr, seed=settings.seed)
@@ -752,6 +755,9 @@ def settings_from_config(config):
     for key in ("block_out_channels", "vae_channels", "probe_image_size", "probe_timesteps", "heads"):
         if key in tm:
             tm[key] = tuple(tm[key])
+    tm.setdefault("probe_image_size", tuple(config["demo"]["image_size"]))
+    tm["probe_object_size"] = tuple(config["demo"]["object_size"])
+    tm["probe_outline"] = float(config["demo"]["outline"])
     return PretrainSettings(seed=int(config["seed"]), **tm)
 
 

@@ -19,7 +19,8 @@ if config["demo"]["enabled"]:
                         labels={"table": "pretraining loss"}),
             diagnostic=f"{MODEL_RESULTS}/diagnostic.json",
         params:
-            config={"seed": config["seed"], "demo": {"tiny_model": config["demo"]["tiny_model"]}},
+            # image_size / object_size / outline: the diagnostic's probe images look like the demo datasets
+            config={"seed": config["seed"], "demo": {k: config["demo"][k] for k in ("tiny_model", "image_size", "object_size", "outline")}},
             out=lambda wc, output: str(Path(output.marker).parent.parent),
         conda:
             "../../environment.yml"
