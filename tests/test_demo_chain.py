@@ -23,8 +23,9 @@ def test_reduced_chain_localizes_above_centre_baseline(tmp_path):
     gt_known, centre_gt_known = ours["tscam"]["gt_known"], centre["tscam"]["gt_known"]
     v2, centre_v2 = ours["wsol"]["v2"]["mean"], centre["wsol"]["v2"]["mean"]
     print(f"GT-known {gt_known:.1f} (centre {centre_gt_known:.1f}); MaxBoxAccV2 {v2:.1f} (centre {centre_v2:.1f})")
-    assert gt_known >= centre_gt_known + 20
-    assert v2 >= centre_v2 + 10
+    # measured on 2 cores (2026-11-25): GT-known 100.0 vs 0.0, MaxBoxAccV2 94.4 vs 37.0
+    assert gt_known >= centre_gt_known + 50
+    assert v2 >= centre_v2 + 30
 
     # a new threshold reruns evaluation only: nothing upstream of the CAM cache
     proc = run_snakemake(workdir, "results/tables/main.csv", "-n", "--config",
