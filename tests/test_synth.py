@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from genpromp.data.indexing import index_cub, index_imagenet
+from genpromp.errors import GenprompError
 from genpromp.data.synth import (DEMO_CLASSES, COLOURS, TEXTURES, SHAPES, ObjectKind, caption_for, demo_classes,
                                  render_scene, write_corpus, write_cub_dataset, write_imagenet_dataset)
 
@@ -65,7 +66,7 @@ def test_object_size_and_outline():
     ys, xs = np.nonzero(changed)
     assert changed.sum() > 50 and ys.min() >= y1 and ys.max() < y2 and xs.min() >= x1 and xs.max() < x2
     assert (rimmed[changed].mean(0) < colour * 0.5).all()                               # the rim is a dark shade
-    with pytest.raises(Exception, match="object_size"):
+    with pytest.raises(GenprompError, match="object_size"):
         render_scene(kind, np.random.default_rng(0), 100, 100, 1, (0.5, 0.2))
 
 
