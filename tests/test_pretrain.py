@@ -15,10 +15,9 @@ from genpromp.data.synth import write_corpus
 from genpromp.errors import InputError
 from genpromp.models.loading import load_components
 from genpromp.models.pretrain import (
-    LOSS_COLUMNS, PretrainSettings, _score_cams, augment_caption, encode_posteriors, load_corpus_images,
+    LOSS_COLUMNS, PretrainSettings, _score_cams, augment_caption, components_for, encode_posteriors, load_corpus_images,
     pretrain_tiny, read_corpus, render_probe_set, scale_from_posteriors, train_denoiser, train_vae,
 )
-from genpromp.models.tiny import create_tiny_components
 from genpromp.prompts import TEMPLATES, tokenize
 
 TINY = PretrainSettings(
@@ -34,8 +33,7 @@ def corpus(tmp_path_factory):
 
 
 def _components(tokenizer_dir, s=TINY):
-    return create_tiny_components(tokenizer_dir, s.resolution, s.block_out_channels, s.cross_attention_dim,
-                                  s.text_hidden_size, s.text_layers, s.heads, s.vae_channels, seed=s.seed)
+    return components_for(s, tokenizer_dir)
 
 
 # --- corpus -----------------------------------------------------------------------------------

@@ -11,11 +11,10 @@ import torch
 from genpromp.cams.capture import CamGroup, capture_cross_attention, run_unet_capture
 from genpromp.data.synth import write_corpus
 from genpromp.models.pretrain import (
-    PretrainSettings, _default_groups, _mirror_boxes, attention_alignment, attention_alignment_loss,
+    PretrainSettings, _default_groups, _mirror_boxes, components_for, attention_alignment, attention_alignment_loss,
     corpus_boxes, encode_posteriors, load_corpus_images, object_token_ids, parse_object_kind, rasterise_boxes,
     read_corpus, scale_from_posteriors, short_caption, train_denoiser,
 )
-from genpromp.models.tiny import create_tiny_components
 from genpromp.prompts import TEMPLATES, token_index, tokenize
 
 # resolution 128 -> latent 16: mid 2x2, down/up 4x4 (the demo's 4x4 / 8x8 at half size)
@@ -31,8 +30,7 @@ def corpus(tmp_path_factory):
 
 
 def _components(tokenizer_dir, s=SMALL):
-    return create_tiny_components(tokenizer_dir, s.resolution, s.block_out_channels, s.cross_attention_dim,
-                                  s.text_hidden_size, s.text_layers, s.heads, s.vae_channels, seed=s.seed)
+    return components_for(s, tokenizer_dir)
 
 
 def test_rasterise_boxes_hand_computed():

@@ -248,10 +248,11 @@ def _check_size_range(size_range, key="demo.object_size"):
     return lo, hi
 
 
-def _outlined(surface, mask_img, colour, width):
-    """``surface`` with the ``width``-pixel inner rim of the mask painted in a dark shade of ``colour``."""
+def _outlined(surface, mask, mask_img, colour, width):
+    """``surface`` with the ``width``-pixel inner rim of ``mask`` (bool [H, W]; ``mask_img`` the same as
+    a PIL "L" image) painted in a dark shade of ``colour``."""
     inner = np.asarray(mask_img.filter(ImageFilter.MinFilter(2 * width + 1))) > 127
-    rim = (np.asarray(mask_img) > 127) & ~inner
+    rim = mask & ~inner
     dark = np.array(COLOURS[colour], np.float32) * 0.3
     return np.where(rim[..., None], dark[None, None], surface)
 
@@ -287,7 +288,7 @@ def render_scene(kind, rng, width, height, n_instances=1, size_range=DEFAULT_OBJ
         mask = np.asarray(mask_img) > 127
         surface = _texture(kind.texture, kind.colour, rng, height, width, frac * side)
         if outline > 0:
-            surface = _outlined(surface, mask_img, kind.colour, max(1, int(round(outline * frac * side))))
+            surface = _outlined(surface, mask, mask_img, kind.colour, max(1, int(round(outline * frac * side))))
         image = np.where(mask[..., None], surface, image)
         taken.append(box)
         boxes.append(_tight_box(mask))

@@ -59,6 +59,7 @@ from ..errors import GenprompError, InputError
 from ..io import atomic_path, resolve_inside, write_text_atomic
 from ..prompts import TEMPLATES, token_index, tokenize
 from ..cams.capture import ExplicitAttentionProcessor
+from ..data.synth import DEFAULT_OBJECT_SIZE, DEFAULT_OUTLINE
 from .tiny import create_tiny_components, save_components
 
 __all__ = [
@@ -67,7 +68,7 @@ __all__ = [
     "render_probe_set", "corpus_boxes", "object_words", "object_token_ids", "parse_object_kind",
     "short_caption", "rasterise_boxes", "WordMapRecorder", "AttentionAlignProcessor", "attention_alignment",
     "attention_alignment_loss", "attention_localization_score", "render_sample_grid", "pretrain_tiny",
-    "settings_from_config", "register_cli",
+    "settings_from_config", "components_for", "register_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,8 @@ class PretrainSettings:
     holdout: int = 16
     probe_images: int = 48
     probe_image_size: tuple = (160, 256)
-    probe_object_size: tuple = (0.25, 0.65)   # from demo.object_size (the probes look like the demo datasets)
-    probe_outline: float = 0.04               # from demo.outline
+    probe_object_size: tuple = DEFAULT_OBJECT_SIZE   # from demo.object_size (the probes look like the demo datasets)
+    probe_outline: float = DEFAULT_OUTLINE           # from demo.outline
     probe_timesteps: tuple = (0, 99)
     probe_cam_size: int = 64
     probe_cam_thr: float = 0.23
@@ -523,7 +524,8 @@ class ProbeImage:
     box: tuple = field(default=())
 
 
-def render_probe_set(n, resolution, image_size=(160, 256), seed=0, object_size=(0.25, 0.65), outline=0.04):
+def render_probe_set(n, resolution, image_size=(160, 256), seed=0, object_size=DEFAULT_OBJECT_SIZE,
+                     outline=DEFAULT_OUTLINE):
     """``n`` single-object demo-style scenes (every (colour, texture, shape) kind in turn; objects
     ``object_size`` of the shorter side), resized to ``resolution``; boxes rescaled to that square.
     Independent of the corpus (own seed stream)."""
@@ -679,6 +681,15 @@ def _write_loss_log(rows, path):
     write_text_atomic(path, buf.getvalue())
 
 
+def components_for(settings, tokenizer_dir):
+    """A freshly initialised tiny model with the architecture of ``settings`` (seeded with its seed):
+    (tokenizer, text_encoder, vae, unet, scheduler)."""
+    return create_tiny_components(
+        tokenizer_dir, settings.resolution, tuple(settings.block_out_channels), settings.cross_attention_dim,
+        settings.text_hidden_size, settings.text_layers, settings.heads, tuple(settings.vae_channels),
+        seed=settings.seed)
+
+
 def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png=None, diagnostic_json=None,
                   settings=None):
     """Build the tiny model, pretrain it on the corpus and write it to ``out_dir`` (atomically).
@@ -696,10 +707,7 @@ def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png
     images = load_corpus_images(items, settings.resolution)
     train_images, held_images = images[:-settings.holdout or None], images[len(images) - settings.holdout:]
     captions = [it.caption for it in items]
-    components = create_tiny_components(
-        tokenizer_dir, settings.resolution, tuple(settings.block_out_channels), settings.cross_attention_dim,
-        settings.text_hidden_size, settings.text_layers, settings.heads, tuple(settings.vae_channels),
-        seed=settings.seed)
+    components = components_for(settings, tokenizer_dir)
     tokenizer, text_encoder, vae, unet, scheduler = components
     rows = []
     log.info("corpus: %d images (%d held out) at %d px; loaded in %.1f s", len(items), settings.holdout,
@@ -752,10 +760,10 @@ def settings_from_config(config):
     unknown = sorted(set(tm) - known)
     if unknown:
         raise GenprompError(f"config key demo.tiny_model: unknown keys {unknown}")
-    for key in ("block_out_channels", "vae_channels", "probe_image_size", "probe_timesteps", "heads"):
+    for key in ("block_out_channels", "vae_channels", "probe_timesteps", "heads"):
         if key in tm:
             tm[key] = tuple(tm[key])
-    tm.setdefault("probe_image_size", tuple(config["demo"]["image_size"]))
+    tm["probe_image_size"] = tuple(config["demo"]["image_size"])
     tm["probe_object_size"] = tuple(config["demo"]["object_size"])
     tm["probe_outline"] = float(config["demo"]["outline"])
     return PretrainSettings(seed=int(config["seed"]), **tm)
