@@ -63,23 +63,25 @@ def make_inputs(n, seed):
     return out
 
 
-def _straight_prepare(cam, frame, interpolation):
-    r = cv2.resize(np.asarray(cam, np.float32), (frame, frame), interpolation=interpolation)
-    lo, hi = float(r.min()), float(r.max())
-    r = np.zeros_like(r) if hi == lo else ((r - lo) / (hi - lo)).astype(np.float32)
-    return (r * 255).astype(np.uint8)
+def _straight_prepare(cam, frame, interpolation, dtype):
+    """Resize, min-max and ×255 truncation, each step in ``dtype`` (float32 TS-CAM, float64 wsolevaluation)."""
+    r = cv2.resize(np.asarray(cam, dtype), (frame, frame), interpolation=interpolation)
+    lo, hi = r.min(), r.max()
+    r = np.zeros_like(r) if hi == lo else (r - lo) / (hi - lo)
+    return (r * r.dtype.type(255)).astype(np.uint8)
 
 
 def reference_image(inp, settings):
     """The straightforward loop: per-threshold tscam_box / wsol_boxes on full frames."""
     gt_t = scale_boxes_tscam(inp.gt_boxes, inp.width, inp.height, settings.frame)
-    u8 = _straight_prepare(inp.maps["gt"][1], settings.frame, cv2.INTER_LINEAR)
+    u8 = _straight_prepare(inp.maps["gt"][1], settings.frame, cv2.INTER_LINEAR, np.float32)
     box = tscam_box(u8, settings.cam_thr)
-    u8_top1 = _straight_prepare(inp.maps["top1"][1], settings.frame, cv2.INTER_LINEAR)
+    u8_top1 = _straight_prepare(inp.maps["top1"][1], settings.frame, cv2.INTER_LINEAR, np.float32)
     iou_top1 = float(box_iou_matrix(tscam_box(u8_top1, settings.cam_thr), gt_t).max())
     ts = tscam_sweep_ious(tscam_sweep_boxes_reference(u8, settings.tscam_thresholds), gt_t)
     gt_w = scale_boxes_wsol(inp.gt_boxes, inp.width, inp.height, settings.wsol_frame)
-    v1, v2 = wsol_sweep_ious_reference(_straight_prepare(inp.maps["gt"][1], settings.wsol_frame, cv2.INTER_CUBIC),
+    v1, v2 = wsol_sweep_ious_reference(_straight_prepare(inp.maps["gt"][1], settings.wsol_frame, cv2.INTER_CUBIC,
+                                                         np.float64),
                                        settings.thresholds, gt_w)
     return box, iou_top1, ts, v1, v2
 
@@ -112,7 +114,8 @@ def same(a, b):
     box_a, top1_a, *arrs_a = a
     box_b, top1_b, *arrs_b = b
     return (list(box_a) == list(box_b) and float(top1_a) == float(top1_b)
-            and all(np.array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32)) for x, y in zip(arrs_a, arrs_b)))
+            and all(np.asarray(x).dtype == np.asarray(y).dtype == np.float64 and np.array_equal(x, y)
+                    for x, y in zip(arrs_a, arrs_b)))
 
 
 def main():

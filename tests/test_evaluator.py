@@ -152,3 +152,57 @@ def test_summary_counts_match_per_image_table(tmp_path):
         assert s["wsol"]["v2"]["best_threshold"][delta] == SETTINGS.thresholds[int(np.argmax(curve))]
     errs = [r.error for r in res]
     assert s["tscam"]["error_breakdown"]["Cls"] == pytest.approx(100 * errs.count("Cls") / 9)
+
+
+def _write_tie_dataset(tmp_path):
+    """Three 64 × 64 images whose map blob (rows/cols 10..18) gives the box [10, 10, 19, 19] (100 px)
+    and whose GT boxes inside it have 70, 50 and 30 px: IoU exactly 7/10, 1/2 and 3/10. One image per
+    CAM shard, top1 mode, classes right."""
+    import pyarrow as pa
+    from genpromp.cams.cache import roles_for_mode, shard_filename, write_cam_index, write_cam_shard
+    ids = ["c0/seven", "c0/half", "c0/three"]
+    boxes = [[[10.0, 10.0, 19.0, 16.0]], [[10.0, 10.0, 19.0, 14.0]], [[10.0, 10.0, 19.0, 12.0]]]
+    index = tmp_path / "test.parquet"
+    pq.write_table(pa.table({"image_id": ids, "path": [f"{i}.jpg" for i in ids], "label": pa.array([0] * 3, pa.int32()),
+                             "width": pa.array([64] * 3, pa.int32()), "height": pa.array([64] * 3, pa.int32()),
+                             "boxes": pa.array(boxes, pa.list_(pa.list_(pa.float64())))}), index)
+    scores = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({"image_id": ids, "top5_ids": pa.array([[0, 1, 2, 3, 4]] * 3, pa.list_(pa.int32())),
+                             "top5_scores": pa.array([[0.5] * 5] * 3, pa.list_(pa.float32())),
+                             "scores": pa.array([[0.1] * 5] * 3, pa.list_(pa.float32()))}), scores)
+    cam = np.zeros((64, 64), np.float32)
+    cam[10:19, 10:19] = 1.0
+    roles = roles_for_mode("top1")
+    shards = [write_cam_shard(tmp_path / "cams" / shard_filename(k), [iid], np.zeros((1, len(roles)), np.int64),
+                              np.stack([[cam] * len(roles)])) for k, iid in enumerate(ids)]
+    write_cam_index(shards, tmp_path / "cams" / "index.parquet", roles)
+    return index, scores, tmp_path / "cams"
+
+
+def test_exact_iou_ties_in_files_and_merged_parts(tmp_path):
+    import pyarrow as pa
+    from genpromp.evaluation.evaluate import merge_evaluation, run_evaluate, run_evaluate_part
+    index, scores, cams = _write_tie_dataset(tmp_path)
+    settings = EvalSettings(cam_thr=0.5, frame=64, wsol_frame=64, thresholds=(0.0, 0.5, 0.9),
+                            tscam_thresholds=(0.2, 0.5), iou_thresholds=(0.3, 0.5, 0.7))
+    single = run_evaluate(cams, index, settings, tmp_path / "one.parquet", tmp_path / "one.json", scores=scores)
+    for v in ("v1", "v2"):  # MaxBoxAcc counts IoU >= δ: 3, 2 and 1 of 3 images at every τ
+        assert single["wsol"][v]["max_box_acc"] == pytest.approx({"0.3": 100.0, "0.5": 200 / 3, "0.7": 100 / 3})
+        assert single["wsol"][v]["curve"]["0.7"] == pytest.approx([100 / 3] * 3)
+    assert single["tscam"]["gt_known"] == pytest.approx(200 / 3)  # IoU >= 0.5: the 7/10 and 1/2 images
+    assert single["tscam"]["top1_loc"] == pytest.approx(100 / 3)  # IoU > 0.5: the 7/10 image only
+    assert single["tscam"]["top5_loc"] == pytest.approx(100 / 3)
+    table = pq.read_table(tmp_path / "one.parquet")
+    for col in ("tscam_ious", "wsol_v1_ious", "wsol_v2_ious"):
+        assert table.schema.field(col).type.value_type == pa.float64()
+    # the stored IoUs re-threshold to the same decisions
+    assert [row[0] for row in table.column("wsol_v2_ious").to_pylist()] == [0.7, 0.5, 0.3]
+    assert [row[0] >= 0.7 for row in table.column("wsol_v1_ious").to_pylist()] == [True, False, False]
+    parts, states = [], []
+    for k in range(3):
+        parts.append(tmp_path / f"p{k}.parquet")
+        states.append(tmp_path / f"s{k}.json")
+        run_evaluate_part(cams, index, settings, [k], parts[-1], states[-1], scores=scores)
+    merged = merge_evaluation(parts, states, index, settings, tmp_path / "m.parquet", tmp_path / "m.json",
+                              meta={"cams": str(cams), "scores": str(scores)})
+    assert merged == single

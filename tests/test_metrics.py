@@ -1,5 +1,6 @@
 """Metric functions against hand-computed values, and the fast sweeps against straightforward loops."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -168,3 +169,130 @@ def test_largest_contour_tie_keeps_first():
     dots[3, 20] = dots[10, 4] = 255
     np.testing.assert_array_equal(tscam_sweep_boxes(dots, th), tscam_sweep_boxes_reference(dots, th))
     assert tscam_sweep_boxes(dots, th).tolist()[0] in ([20, 3, 21, 4], [4, 10, 5, 11])
+
+
+def _order_disagreements(frame):
+    """(x, W) pairs, W in 100..1000 and x in 0..W, where the three float64 orders of x·F/W truncate differently."""
+    found = []
+    for w in range(100, 1001):
+        x = np.arange(0, w + 1, dtype=np.float64)
+        div_first, mul_first, ratio = np.trunc(x / w * frame), np.trunc(x * float(frame) / w), np.trunc(x * (frame / w))
+        for i in np.nonzero((div_first != mul_first) | (div_first != ratio) | (mul_first != ratio))[0]:
+            found.append((float(x[i]), w))
+    return found
+
+
+@pytest.mark.parametrize("frame", [224, 512])
+def test_box_scaling_uses_each_references_order(frame):
+    pairs = _order_disagreements(frame)
+    div_first = lambda x, w: x / w * frame  # noqa: E731  GenPromp / TS-CAM: divide, then multiply
+    mul_first = lambda x, w: x * float(frame) / w  # noqa: E731  wsolevaluation: multiply, then divide
+    ratio = lambda x, w: x * (frame / w)  # noqa: E731  neither reference
+    assert any(int(div_first(x, w)) != int(ratio(x, w)) for x, w in pairs)
+    assert any(int(mul_first(x, w)) != int(ratio(x, w)) for x, w in pairs)
+    if frame == 224:  # with F = 512 = 2^9, x / W · F and x · F / W round identically
+        assert any(int(div_first(x, w)) != int(mul_first(x, w)) for x, w in pairs)
+    for x, w in pairs:
+        box = [[x, x, x, x]]  # the same coordinate as x1, y1, x2, y2 of a W × W image
+        lo, hi = int(max(div_first(x, w), 0)), int(min(div_first(x, w), frame - 1))
+        assert scale_boxes_tscam(box, w, w, frame).tolist() == [[lo, lo, hi, hi]], (x, w)
+        assert scale_boxes_wsol(box, w, w, frame).tolist() == [[int(mul_first(x, w))] * 4], (x, w)
+    # non-square image: x uses W, y uses H; wsolevaluation does not clip, TS-CAM clips x2, y2 to F − 1
+    assert scale_boxes_wsol([[112.0, 61.0, 224.0, 300.0]], 224, 112, 224).tolist() == [[112, 122, 224, 600]]
+    assert scale_boxes_tscam([[-3.0, 61.0, 224.0, 300.0]], 224, 112, 224).tolist() == [[0, 121, 223, 223]]
+
+
+def _tie_image(iid, gt_box):
+    """64 × 64 map whose only blob (rows/cols 10..18) gives the box [10, 10, 19, 19] (10 × 10 = 100 px,
+    inclusive) in both protocols at every threshold in (0, 1); the image is 64 × 64 so GT boxes map 1:1."""
+    cam = np.zeros((64, 64), np.float32)
+    cam[10:19, 10:19] = 1.0
+    return ImageInput(iid, 0, 64, 64, np.array([gt_box], np.float64), {"gt": (0, cam), "top1": (0, cam)},
+                      (0, 1, 2, 3, 4))
+
+
+TIE_SETTINGS = EvalSettings(cam_thr=0.5, frame=64, wsol_frame=64, thresholds=(0.0, 0.5, 0.9),
+                            tscam_thresholds=(0.2, 0.5), iou_thresholds=(0.3, 0.5, 0.7))
+# GT boxes inside [10, 10, 19, 19] with 70, 50 and 30 px: IoU exactly 7/10, 1/2 and 3/10
+TIE_GT = {"seven": [10.0, 10.0, 19.0, 16.0], "half": [10.0, 10.0, 19.0, 14.0], "three": [10.0, 10.0, 19.0, 12.0]}
+
+
+def test_exact_iou_ties_through_evaluator_and_merged_states():
+    import json
+    from genpromp.evaluation.evaluator import Evaluator, merge_states, state_from_results, summary_from_state
+    ev = Evaluator(TIE_SETTINGS)
+    res = {k: ev.accumulate(_tie_image(k, gt)) for k, gt in TIE_GT.items()}
+    assert res["seven"].box_gt == [10, 10, 19, 19]
+    assert (res["seven"].iou_gt, res["half"].iou_gt, res["three"].iou_gt) == (0.7, 0.5, 0.3)
+    assert res["seven"].wsol_v2.tolist() == [0.7] * 3 and res["seven"].wsol_v1.dtype == np.float64
+    # GT-known counts IoU >= 0.5, Top-1/Top-5 Loc count IoU > 0.5 (classes are right)
+    assert [r.gt_known for r in res.values()] == [True, True, False]
+    assert [r.top1_loc for r in res.values()] == [True, False, False]
+    assert [r.top5_loc for r in res.values()] == [True, False, False]
+    state = ev.state()
+    # MaxBoxAcc counts IoU >= δ at every τ: δ = 0.3 → all three, 0.5 → two, 0.7 → one (the 7/10 image)
+    for v in ("v1", "v2"):
+        assert state["wsol"][v] == {"0.3": [3, 3, 3], "0.5": [2, 2, 2], "0.7": [1, 1, 1]}
+    assert state["tscam_curve"] == {"gt_known": [2, 2], "top1_loc": [1, 1], "top5_loc": [1, 1]}
+    summary = ev.compute()
+    assert summary["wsol"]["v2"]["max_box_acc"] == pytest.approx({"0.3": 100.0, "0.5": 200 / 3, "0.7": 100 / 3})
+    assert summary["wsol"]["v2"]["mean"] == pytest.approx(200 / 3)
+    assert summary["tscam"]["gt_known"] == pytest.approx(200 / 3)
+    assert summary["tscam"]["top1_loc"] == pytest.approx(100 / 3)
+    # states of parts, through JSON and merged, give the same numbers
+    parts = [json.loads(json.dumps(state_from_results(rs, TIE_SETTINGS)))
+             for rs in ([res["seven"]], [res["half"], res["three"]])]
+    assert summary_from_state(merge_states(parts), TIE_SETTINGS) == summary
+    # a narrower float for the IoUs is refused rather than counted
+    res["seven"].wsol_v1 = res["seven"].wsol_v1.astype(np.float32)
+    with pytest.raises(TypeError, match="wsol_v1 must be float64"):
+        state_from_results(list(res.values()), TIE_SETTINGS)
+
+
+def test_wsol_constant_map_has_no_box_at_any_threshold():
+    cam = np.full((64, 64), 0.7, np.float32)  # float32 bicubic to 224 would leave 1-ulp ripples
+    assert not prepare_wsol_cam(cam, 224).any()
+    settings = EvalSettings(frame=64, wsol_frame=224, thresholds=tuple(threshold_list(0, 1, 0.01).tolist()))
+    res = evaluate_image(ImageInput("c", 0, 224, 224, np.array([[0.0, 0.0, 100.0, 100.0]]), {"gt": (0, cam)}), settings)
+    # every τ falls back to [0, 0, 0, 0]: 1 px inside the 101 × 101 GT box
+    assert res.wsol_v1.tolist() == [1 / 10201] * 100
+    assert res.wsol_v2.tolist() == [1 / 10201] * 100
+
+
+def _float32_wsol_pipeline(cam, frame):
+    r = cv2.resize(np.asarray(cam, np.float32), (frame, frame), interpolation=cv2.INTER_CUBIC)
+    return (((r - r.min()) / (r.max() - r.min())) * np.float32(255)).astype(np.uint8)
+
+
+def test_wsol_near_constant_map_keeps_its_only_structure():
+    cam = np.full((64, 64), 0.7, np.float32)
+    cam[20, 30] = np.nextafter(np.float32(0.7), np.float32(1))  # one pixel one float32 ulp higher
+    u8 = prepare_wsol_cam(cam, 224)
+    for t in (0.3, 0.5, 0.9):
+        (x1, y1, x2, y2), = wsol_boxes(u8, t, True).tolist()  # exactly one contour
+        # source pixel (30, 20) is centred at ((30 + 0.5) · 3.5 − 0.5, (20 + 0.5) · 3.5 − 0.5) = (106.25, 71.25)
+        assert x1 <= 106 <= x2 and y1 <= 71 <= y2 and x2 - x1 <= 6 and y2 - y1 <= 6, (t, x1, y1, x2, y2)
+    # a float32 resize has ripples as large as the bump: other boxes
+    u8_32 = _float32_wsol_pipeline(cam, 224)
+    assert wsol_boxes(u8_32, 0.5, True).tolist() != wsol_boxes(u8, 0.5, True).tolist()
+    # GenPromp's pipeline stays float32, as its evaluation code computes it
+    r = cv2.resize(cam, (96, 96))
+    expected = (((r - r.min()) / (r.max() - r.min())) * 255.).astype(np.uint8)
+    np.testing.assert_array_equal(prepare_tscam_cam(cam, 96), expected)
+
+
+def test_wsol_bicubic_overshoot_is_absorbed_by_float64_minmax():
+    cam = np.zeros((16, 16), np.float32)
+    cam[4:12, 4:12] = 1.0
+    r = cv2.resize(cam.astype(np.float64), (224, 224), interpolation=cv2.INTER_CUBIC)
+    lo, hi = float(r.min()), float(r.max())
+    assert lo < -0.1 and hi > 1.1  # bicubic under- and overshoot around the step
+    u8 = prepare_wsol_cam(cam, 224)
+    assert u8.min() == 0 and u8.max() == 255
+    assert u8[0, 0] == int((0.0 - lo) / (hi - lo) * 255) == 23  # the flat zero region sits above the undershoot
+    # wsolevaluation's steps, literally: float64 in place min-max, then ×255 truncated
+    ref = r.copy()
+    ref -= ref.min()
+    ref /= ref.max()
+    np.testing.assert_array_equal(u8, (ref * 255).astype(np.uint8))
+    assert not np.array_equal(u8, _float32_wsol_pipeline(cam, 224))  # float32 rounds 3 pixels to 255

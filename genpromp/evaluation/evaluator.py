@@ -3,7 +3,7 @@
 ``evaluate_image`` scores one image from its maps; ``Evaluator.accumulate`` collects results and
 ``compute`` returns the summary dict. Nothing here reads or writes files or prints.
 
-Which map scores what (TS-CAM protocol, SPEC § Evaluation):
+Which map scores what (TS-CAM protocol):
 
 - GT-known Loc uses the ``gt``-role map (the map of the ground-truth class), IoU ≥ 0.5.
 - Top-1 Loc uses the ``top1``-role map: top-1 class correct and IoU > 0.5.
@@ -70,6 +70,8 @@ class ImageResult:
 
     ``tscam_ious`` [T']: GT-class box IoU per TS-CAM curve threshold; ``wsol_v1`` / ``wsol_v2`` [T]:
     best IoU per τ (wsolevaluation, largest / all contours). Fields of a protocol not run are empty.
+    Every IoU is float64, as computed, so that thresholding it later decides ties exactly (an IoU of
+    7/10 stored as float32 would fall below δ = 0.7).
     """
 
     image_id: str
@@ -85,9 +87,9 @@ class ImageResult:
     top1_loc: bool | None
     top5_loc: bool | None
     error: str | None
-    tscam_ious: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    wsol_v1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    wsol_v2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    tscam_ious: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    wsol_v1: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    wsol_v2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
 
 
 def _tscam_point(cam, gt_frame, settings):
@@ -124,12 +126,12 @@ def evaluate_image(inp, settings):
         res.top1_loc = bool(res.cls1 and iou_top1 is not None and iou_top1 > 0.5)
         res.error = classify_top1_error(res.cls1, res.box_top1, gt_frame) if res.box_top1 is not None else "Cls"
     if "tscam" in settings.protocols:
-        res.tscam_ious = tscam_sweep_ious(tscam_sweep_boxes(u8, settings.tscam_thresholds), gt_frame).astype(np.float32)
+        res.tscam_ious = tscam_sweep_ious(tscam_sweep_boxes(u8, settings.tscam_thresholds), gt_frame)
     if "wsol" in settings.protocols:
         gt_w = scale_boxes_wsol(inp.gt_boxes, inp.width, inp.height, settings.wsol_frame)
         u8w = prepare_wsol_cam(inp.maps["gt"][1], settings.wsol_frame)
         v1, v2 = wsol_sweep_ious(u8w, settings.thresholds, gt_w)
-        res.wsol_v1, res.wsol_v2 = v1.astype(np.float32), v2.astype(np.float32)
+        res.wsol_v1, res.wsol_v2 = v1, v2
     return res
 
 
@@ -151,7 +153,9 @@ def state_from_results(results, settings):
     Keys: ``n_images``, ``has_cls``, ``point`` ({metric: [hits, n]}), ``errors`` ({category: count}),
     ``tscam_curve`` ({metric: [hits per TS-CAM threshold]}), ``wsol`` ({"v1"|"v2": {δ: [hits per τ]}}).
     States of disjoint image sets add up (:func:`merge_states`); :func:`summary_from_state` turns one
-    into the summary dict.
+    into the summary dict. The hit counts threshold the results' float64 IoUs (≥ δ for MaxBoxAcc and
+    GT-known, > 0.5 for Top-1/Top-5 Loc); a result holding another dtype is a TypeError, since a
+    float32 IoU can land on the wrong side of δ.
     """
     n = len(results)
     has_cls = n > 0 and results[0].cls1 is not None
@@ -163,7 +167,7 @@ def state_from_results(results, settings):
         cats = [r.error for r in results]
         state["errors"] = {c: cats.count(c) for c in ERROR_CATEGORIES}
     if "tscam" in settings.protocols and n:
-        ious = np.stack([r.tscam_ious for r in results]).astype(np.float64)
+        ious = _iou_matrix([r.tscam_ious for r in results], "tscam_ious")
         curve = {"gt_known": (ious >= 0.5).sum(axis=0).tolist()}
         if has_cls:
             cls1 = np.array([r.cls1 for r in results])[:, None]
@@ -172,10 +176,20 @@ def state_from_results(results, settings):
             curve["top5_loc"] = ((ious > 0.5) & cls5).sum(axis=0).tolist()
         state["tscam_curve"] = curve
     if "wsol" in settings.protocols and n:
-        state["wsol"] = {v: {f"{float(d):g}": (np.stack([getattr(r, f"wsol_{v}") for r in results]).astype(np.float64)
-                                              >= float(d)).sum(axis=0).tolist() for d in settings.iou_thresholds}
-                         for v in ("v1", "v2")}
+        state["wsol"] = {}
+        for v in ("v1", "v2"):
+            ious = _iou_matrix([getattr(r, f"wsol_{v}") for r in results], f"wsol_{v}")
+            state["wsol"][v] = {f"{float(d):g}": (ious >= float(d)).sum(axis=0).tolist() for d in settings.iou_thresholds}
     return state
+
+
+def _iou_matrix(rows, name):
+    """Stack per-image float64 IoU vectors into [N, T]; any other dtype is a TypeError naming ``name``."""
+    bad = [np.asarray(r).dtype for r in rows if np.asarray(r).dtype != np.float64]
+    if bad:
+        raise TypeError(f"ImageResult.{name} must be float64 IoUs (got {bad[0]}); a narrower float can move an IoU "
+                        "of exactly δ below δ")
+    return np.stack(rows)
 
 
 def merge_states(states):

@@ -1,4 +1,4 @@
-"""Localization metrics as small pure functions (SPEC § Evaluation, both protocols).
+"""Localization metrics of both evaluation protocols as small pure functions.
 
 Conventions used throughout:
 
@@ -7,6 +7,8 @@ Conventions used throughout:
 - CAMs are float arrays [H, W] (any non-negative scale); "u8" maps are uint8 [F, F].
 - A threshold ``thr`` in [0, 1] is applied as the integer ``int(thr · max(u8))`` and keeps the
   pixels strictly above it (both THRESH_TOZERO and THRESH_BINARY do).
+- IoUs are float64 quotients of integer pixel counts and stay float64 wherever they are compared
+  with an IoU threshold, so ties such as IoU = 7/10 at δ = 0.7 decide as in exact arithmetic.
 
 Nothing here prints, plots or writes files.
 """
@@ -37,57 +39,82 @@ def threshold_list(start, stop, step):
     return np.arange(start, stop, step, dtype=np.float64)
 
 
-def normalize_minmax(cam):
-    """Min-max normalise to [0, 1] (float32, same shape); a constant map or one with a NaN → zeros."""
-    cam = np.asarray(cam, dtype=np.float32)
-    lo, hi = float(cam.min()), float(cam.max())  # NaN propagates into both
+def normalize_minmax(cam, dtype=np.float32):
+    """Min-max normalise to [0, 1] in ``dtype`` (same shape); a constant map or one with a NaN → zeros.
+
+    Computes ``(cam − min) / (max − min)`` with every operation rounded in ``dtype`` (the scalars
+    ``min``, ``max`` and ``max − min`` too), which is bit-identical to both references' forms:
+    ``(cam − lo) / (hi − lo)`` (GenPromp, float32) and ``cam −= cam.min(); cam /= cam.max()``
+    (wsolevaluation, float64): rounding is monotone, so the largest shifted value is ``fl(hi − lo)``.
+    """
+    cam = np.asarray(cam, dtype=dtype)
+    lo, hi = cam.min(), cam.max()  # dtype scalars; a NaN propagates into both
     if np.isnan(lo) or np.isnan(hi) or hi == lo:
         return np.zeros_like(cam)
-    out = np.subtract(cam, np.float32(lo))
-    return np.divide(out, np.float32(hi - lo), out=out)
+    out = np.subtract(cam, lo)
+    return np.divide(out, hi - lo, out=out)
 
 
-def resize_cam(cam, frame, interpolation):
-    """Resize a CAM [H, W] to float32 [frame, frame] with a cv2 interpolation flag."""
-    return cv2.resize(np.asarray(cam, dtype=np.float32), (int(frame), int(frame)), interpolation=interpolation)
+def resize_cam(cam, frame, interpolation, dtype=np.float32):
+    """Resize a CAM [H, W] to ``dtype`` [frame, frame] with a cv2 interpolation flag (computed in ``dtype``)."""
+    return cv2.resize(np.asarray(cam, dtype=dtype), (int(frame), int(frame)), interpolation=interpolation)
 
 
 def cam_to_uint8(cam01):
-    """``(cam · 255).astype(uint8)`` of a map in [0, 1] (truncation, as the references do)."""
-    return np.multiply(np.asarray(cam01, dtype=np.float32), np.float32(255)).astype(np.uint8)
+    """``(cam · 255).astype(uint8)`` of a map in [0, 1], multiplied in the map's own float dtype
+    (float32 or float64) and truncated, as the references do."""
+    cam01 = np.asarray(cam01)
+    if cam01.dtype not in (np.float32, np.float64):
+        cam01 = cam01.astype(np.float32)
+    return np.multiply(cam01, cam01.dtype.type(255)).astype(np.uint8)
 
 
-def prepare_cam(cam, frame, interpolation):
-    """Resize, min-max normalise and quantise: CAM [H, W] → uint8 [frame, frame].
+def prepare_cam(cam, frame, interpolation, dtype=np.float32):
+    """Resize, min-max normalise and quantise, all in ``dtype``: CAM [H, W] → uint8 [frame, frame].
 
-    TS-CAM protocol: ``interpolation=cv2.INTER_LINEAR``, frame 512; wsolevaluation: ``cv2.INTER_CUBIC``, 224.
+    TS-CAM protocol: ``cv2.INTER_LINEAR``, frame 512, float32; wsolevaluation: ``cv2.INTER_CUBIC``,
+    224, float64 (see :func:`~genpromp.evaluation.tscam.prepare_tscam_cam` and
+    :func:`~genpromp.evaluation.wsol.prepare_wsol_cam`). The dtype matters: a float32 bicubic resize
+    of a constant map leaves 1-ulp ripples that the min-max stretches into a pattern, float64 does not.
     """
-    return cam_to_uint8(normalize_minmax(resize_cam(cam, frame, interpolation)))
+    return cam_to_uint8(normalize_minmax(resize_cam(cam, frame, interpolation, dtype), dtype))
 
 
 def scale_boxes_tscam(boxes, width, height, frame):
-    """Map original-pixel GT boxes [G, 4] to the TS-CAM frame: int64 [G, 4].
+    """Map original-pixel GT boxes [G, 4] to the TS-CAM/GenPromp frame: int64 [G, 4].
 
-    x1' = int(max(x1 / W · F, 0)), x2' = int(min(x2 / W · F, F − 1)); y likewise with H.
+    Per coordinate, in float64 and in this order (divide first, then multiply; ``int`` truncates):
+    ``x1' = int(max(x1 / W * F, 0))``, ``y1' = int(max(y1 / H * F, 0))``,
+    ``x2' = int(min(x2 / W * F, F - 1))``, ``y2' = int(min(y2 / H * F, F - 1))``.
+    ``x * (F / W)`` or ``x * F / W`` can land on the other side of an integer for some (x, W).
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    sx, sy = frame / float(width), frame / float(height)
-    out = np.stack([np.maximum(b[:, 0] * sx, 0), np.maximum(b[:, 1] * sy, 0),
-                    np.minimum(b[:, 2] * sx, frame - 1), np.minimum(b[:, 3] * sy, frame - 1)], axis=1)
+    w, h, f = float(width), float(height), float(frame)
+    out = np.stack([np.maximum(b[:, 0] / w * f, 0.0), np.maximum(b[:, 1] / h * f, 0.0),
+                    np.minimum(b[:, 2] / w * f, f - 1), np.minimum(b[:, 3] / h * f, f - 1)], axis=1)
     return np.trunc(out).astype(np.int64)
 
 
 def scale_boxes_wsol(boxes, width, height, frame):
-    """Rescale original-pixel GT boxes [G, 4] to the wsol frame by int truncation: int64 [G, 4]."""
+    """Rescale original-pixel GT boxes [G, 4] to the wsolevaluation frame: int64 [G, 4].
+
+    Per coordinate, in float64 (multiply first, then divide; ``int`` truncates; nothing is clipped):
+    ``x' = int(x * F / W)`` for x1 and x2, ``y' = int(y * F / H)`` for y1 and y2.
+    """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scale = np.array([frame / float(width), frame / float(height)] * 2)
-    return np.trunc(b * scale).astype(np.int64)
+    w, h, f = float(width), float(height), float(frame)
+    return np.trunc(b * f / np.array([w, h, w, h])).astype(np.int64)
 
 
 def box_iou_matrix(a, b):
     """Inclusive IoU of every box in ``a`` [A, 4] with every box in ``b`` [B, 4]: float64 [A, B].
 
     Pixels count inclusively (+1). A pair whose union is ≤ 0 (degenerate boxes) has IoU 0.
+    The quotient ``inter / union`` of two integers is rounded once to float64, as the references
+    compute it, and must stay float64: then ``iou >= δ`` (δ a float64 such as 0.7) decides exactly
+    as ``inter / union >= 7/10`` in rationals, because two distinct fractions with denominators below
+    2^26 differ by far more than a float64 rounding error. An IoU of exactly 7/10 counts at δ = 0.7;
+    cast to float32 it would become 0.69999999 and not count.
     """
     a = np.asarray(a, dtype=np.int64).reshape(-1, 1, 4)
     b = np.asarray(b, dtype=np.int64).reshape(1, -1, 4)
@@ -159,7 +186,7 @@ def _intersection(box, gt_boxes):
 
 
 def classify_top1_error(class_correct, box, gt_boxes):
-    """Top-1 error category of one image (SPEC § Evaluation), checked in this order:
+    """Top-1 error category of one image (TS-CAM's breakdown), checked in this order:
 
     ``Cls`` wrong top-1 class; ``Right`` IoU > 0.5 (best GT); ``M-ins`` ≥ 2 GT boxes and more than one
     of them has > 0.3 of its area inside the box; ``Part`` intersection / box area > 0.5 w.r.t. the
@@ -186,7 +213,10 @@ def classify_top1_error(class_correct, box, gt_boxes):
 
 
 def box_acc_curve(best_ious, delta):
-    """% of images whose best IoU ≥ ``delta`` at each threshold: best_ious [N, T] → float64 [T]."""
+    """% of images whose best IoU ≥ ``delta`` at each threshold: best_ious [N, T] → float64 [T].
+
+    best_ious must hold the float64 quotients of :func:`box_iou_matrix` (see there for why).
+    """
     best_ious = np.asarray(best_ious, dtype=np.float64)
     if best_ious.shape[0] == 0:
         return np.zeros(best_ious.shape[1])

@@ -1,6 +1,6 @@
-"""TS-CAM / GenPromp evaluation protocol for one image (SPEC § Evaluation, "TS-CAM style").
+"""TS-CAM / GenPromp evaluation protocol for one image ("TS-CAM style").
 
-CAM → bilinear resize to the frame (512) → min-max → uint8 → THRESH_TOZERO at int(thr·max) →
+CAM → bilinear resize to the frame (512) → min-max → uint8 (all in float32) → THRESH_TOZERO at int(thr·max) →
 largest contour's bounding rect ``[x, y, x+w, y+h]`` (fallback ``[0, 0, 1, 1]``) → inclusive IoU,
 max over GT boxes. Boxes are x1y1x2y2 in frame pixels, inclusive.
 """
@@ -14,12 +14,21 @@ from .metrics import (
     TSCAM_FALLBACK_BOX, box_iou_matrix, integer_threshold, prepare_cam, sweep_contours, tscam_box,
 )
 
-__all__ = ["prepare_tscam_cam", "tscam_sweep_boxes", "tscam_sweep_boxes_reference", "tscam_sweep_ious"]
+__all__ = ["TSCAM_DTYPE", "prepare_tscam_cam", "tscam_sweep_boxes", "tscam_sweep_boxes_reference", "tscam_sweep_ious"]
+
+
+#: Precision of GenPromp's map pipeline: its CAMs are float32 arrays, resized and normalised as such.
+TSCAM_DTYPE = np.float32
 
 
 def prepare_tscam_cam(cam, frame):
-    """CAM [H, W] → uint8 [frame, frame] (bilinear resize, min-max, ×255 truncated)."""
-    return prepare_cam(cam, frame, cv2.INTER_LINEAR)
+    """CAM [H, W] → uint8 [frame, frame], computed in float32 as GenPromp's evaluation does.
+
+    ``cv2.resize`` (bilinear, its default) of the float32 map, ``(cam − min) / (max − min)`` in
+    float32, then ``(cam · 255).astype(uint8)``. A constant map (where GenPromp would divide 0 by 0)
+    becomes all zeros, hence no contour and the fallback box.
+    """
+    return prepare_cam(cam, frame, cv2.INTER_LINEAR, TSCAM_DTYPE)
 
 
 def tscam_sweep_boxes(u8, thresholds):

@@ -1,6 +1,6 @@
 """wsolevaluation protocol (Choe et al. CVPR'20) for one image: MaxBoxAcc (V1) and MaxBoxAccV2.
 
-CAM → bicubic resize to the frame (224) → min-max (constant or NaN → zeros) → uint8 → for each τ
+CAM → bicubic resize to the frame (224) → min-max (constant or NaN → zeros) → uint8 (all in float64) → for each τ
 THRESH_BINARY at int(τ·max) → boxes of all contours (V2) or the largest (V1), x2, y2 clipped to
 size − 1, none → ``[0, 0, 0, 0]`` → best inclusive IoU over boxes × GT boxes.
 """
@@ -14,12 +14,24 @@ from .metrics import (
     WSOL_FALLBACK_BOX, best_iou_per_group, box_iou_matrix, integer_threshold, prepare_cam, sweep_contours, wsol_boxes,
 )
 
-__all__ = ["prepare_wsol_cam", "wsol_sweep_ious", "wsol_sweep_ious_reference"]
+__all__ = ["WSOL_DTYPE", "prepare_wsol_cam", "wsol_sweep_ious", "wsol_sweep_ious_reference"]
+
+
+#: Precision of wsolevaluation's map pipeline: maps become float64 before resizing (``t2n``).
+WSOL_DTYPE = np.float64
 
 
 def prepare_wsol_cam(cam, frame):
-    """CAM [H, W] → uint8 [frame, frame] (bicubic resize, min-max, ×255 truncated)."""
-    return prepare_cam(cam, frame, cv2.INTER_CUBIC)
+    """CAM [H, W] → uint8 [frame, frame], computed in float64 as wsolevaluation does.
+
+    The map is converted to float64, resized with ``cv2.INTER_CUBIC``, min-max normalised
+    (``cam −= cam.min(); cam /= cam.max()``; a constant map or one with a NaN → zeros) and quantised
+    by ``(cam · 255).astype(uint8)``, every step in float64. Bicubic overshoot below the map's
+    minimum or above its maximum is absorbed by the min-max. A float32 resize would differ: it
+    leaves 1-ulp ripples on a constant map (which the min-max would stretch into a pattern) and
+    moves near-constant maps and values at quantisation steps.
+    """
+    return prepare_cam(cam, frame, cv2.INTER_CUBIC, WSOL_DTYPE)
 
 
 def _clip(rects, size):
