@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from genpromp.evaluation.evaluate import run_evaluate, settings_from_params
+from genpromp.evaluation.pxap import MaskSource
 
 from eval_fixtures import write_dataset
 
@@ -37,6 +40,21 @@ include: "{ROOT}/workflow/rules/evaluate.smk"
 '''
 
 
+def _write_box_masks(index_path, folder):
+    """One mask per GT box (the box filled) for every test image; return the listing path."""
+    lines = []
+    for iid, w, h, boxes in pq.read_table(index_path).to_pandas()[["image_id", "width", "height", "boxes"]].itertuples(
+            index=False):
+        for j, b in enumerate(boxes):
+            m = np.zeros((h, w), np.uint8)
+            m[int(b[1]):int(b[3]), int(b[0]):int(b[2])] = 255
+            (folder / iid).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f"{iid}_m{j}.png"), m)
+            lines.append(f"{iid}.jpg,{iid}_m{j}.png,\n")
+    (folder / "localization.txt").write_text("".join(lines))
+    return folder / "localization.txt"
+
+
 @pytest.mark.slow
 def test_sharded_rules_equal_single_job(tmp_path):
     (tmp_path / "src").mkdir()
@@ -46,7 +64,9 @@ def test_sharded_rules_equal_single_job(tmp_path):
     d["cams"].rename(cams)
     (tmp_path / "results/demo/scores").mkdir(parents=True)
     d["scores"].rename(tmp_path / "results/demo/scores/democls.parquet")
-    config = {"datasets": {"demo": {"cam_thr": 0.23, "classifier": {"name": "democls"}}},
+    listing = _write_box_masks(tmp_path / "src/test.parquet", tmp_path / "masks")
+    config = {"datasets": {"demo": {"cam_thr": 0.23, "classifier": {"name": "democls"},
+                                    "masks": {"listing": "masks/localization.txt", "root": None}}},
               "test": {"shard_size": 2}, "evaluation": EVALUATION}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
@@ -63,8 +83,10 @@ def test_sharded_rules_equal_single_job(tmp_path):
     merged = json.loads((tmp_path / target).read_text())
     settings = settings_from_params(EVALUATION, 0.23)
     single = run_evaluate(cams, tmp_path / "src/test.parquet", settings, tmp_path / "one.parquet", tmp_path / "one.json",
-                          scores=tmp_path / "results/demo/scores/democls.parquet")
+                          scores=tmp_path / "results/demo/scores/democls.parquet", masks=MaskSource(listing))
     assert merged["variant"] == VARIANT and merged["mode"] == "top1" and merged["ratio"] == 0.6
+    assert merged["pxap"]["n_images"] == 10 and merged["pxap"]["masks"] == "masks/localization.txt"
+    assert merged["pxap"]["pxap"] == single["pxap"]["pxap"] and merged["pxap"]["recall"] == single["pxap"]["recall"]
     for key in ("n_images", "thresholds", "tscam", "wsol"):
         assert merged[key] == json.loads(json.dumps(single[key]))
     assert pq.read_table(tmp_path / f"results/demo/run1/eval/{VARIANT}/per_image.parquet").equals(
@@ -117,5 +139,6 @@ def test_tables_rule_and_report(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=tmp_path, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tmp_path / "results/report.html").read_text(errors="replace")
-    for name in ("main.md", "combine_ratio.png", "threshold_curve.png", "error_breakdown.md", "c0__img_1.png"):
+    for name in ("main.md", "combine_ratio.png", "threshold_curve.png", "pr_curve.png", "error_breakdown.md",
+                 "c0__img_1.png"):
         assert name in html

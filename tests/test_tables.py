@@ -1,5 +1,6 @@
 """Tables from summaries written by the evaluator: content, paper rows, files."""
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,6 +49,53 @@ def test_write_tables(tmp_path):
     for f in ("main.md", "combine_ratio.md", "combine_ratio.png", "threshold_curve.png", "error_breakdown.md"):
         assert (out / f).stat().st_size > 0
     assert "paper" in (out / "main.md").read_text()
+    assert main.pxap.isna().all()  # evaluated without masks: no PxAP anywhere ("–" in the Markdown)
+    assert (out / "pr_curve.png").stat().st_size > 0 and pd.read_csv(out / "pr_curve.csv").empty
+
+
+def test_pxap_column_and_pr_curve(tmp_path):
+    from genpromp.evaluation.pxap import MaskSource
+    d = write_dataset(tmp_path, n=6, mode="top1", shard_size=3)
+    index = pd.read_parquet(d["index"])
+    lines = []
+    for iid, w, h, boxes in index[["image_id", "width", "height", "boxes"]].itertuples(index=False):
+        m = np.zeros((h, w), np.uint8)
+        x1, y1, x2, y2 = (int(v) for v in boxes[0])
+        m[y1:y2, x1:x2] = 255
+        (tmp_path / "masks" / iid).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "masks" / f"{iid}.png"), m)
+        lines.append(f"{iid}.jpg,{iid}.png,\n")
+    (tmp_path / "masks/list.txt").write_text("".join(lines))
+    masks = MaskSource(tmp_path / "masks/list.txt")
+    with_masks = tmp_path / "a/summary.json"
+    s = write_evaluation(evaluate_cache(d["cams"], d["index"], SETTINGS, scores_path=d["scores"], masks=masks),
+                         with_masks.with_name("p.parquet"), with_masks)
+    without = tmp_path / "b/summary.json"
+    write_evaluation(evaluate_cache(d["cams"], d["index"], SETTINGS, scores_path=d["scores"]),
+                     without.with_name("p.parquet"), without)
+    base = tmp_path / "base/summary.json"
+    bev = evaluate_baselines(d["index"], SETTINGS, masks=masks)["full"]
+    fb = write_evaluation(bev, base.with_name("p.parquet"), base, {"dataset": "cub_demo", "baseline": "full"})
+    meta = {str(with_masks): {"dataset": "cub_demo", "run": "genpromp", "variant": "a", "mode": "top1", "ratio": 0.6},
+            str(without): {"dataset": "cub_demo", "run": "genpromp", "variant": "b", "mode": "top1", "ratio": 0.4}}
+    out = tmp_path / "tables"
+    write_tables(out, [with_masks, without], [with_masks, without], [base], meta)
+    main = pd.read_csv(out / "main.csv")
+    ours = main[main.source == "ours"].set_index("variant")
+    assert ours.loc["a", "pxap"] == pytest.approx(s["pxap"]["pxap"]) and np.isnan(ours.loc["b", "pxap"])
+    assert main[main.source == "baseline"].pxap.iloc[0] == pytest.approx(fb["pxap"]["pxap"])
+    assert main[main.source == "paper"].pxap.isna().all()
+    table = [[c.strip() for c in ln.strip("|").split("|")] for ln in (out / "main.md").read_text().splitlines()
+             if ln.startswith("|")]
+    rows = [dict(zip(table[0], r)) for r in table[2:]]
+    shown = {r["variant"]: r["pxap"] for r in rows if r["source"] == "ours"}
+    assert shown == {"a": f"{s['pxap']['pxap']:.1f}", "b": "–"}
+    ratio = pd.read_csv(out / "combine_ratio.csv")
+    assert ratio.pxap.isna().tolist() == [True, False]  # sorted by ratio: b (0.4) has no masks
+    pr = pd.read_csv(out / "pr_curve.csv")
+    assert set(pr.variant) == {"a"} and len(pr) == len(s["pxap"]["thresholds"])
+    assert pr.recall.tolist() == pytest.approx(s["pxap"]["recall"])
+    assert (out / "pr_curve.png").stat().st_size > 0
 
 
 def test_to_markdown():

@@ -27,6 +27,10 @@ Layouts written (the real ones, so the real indexers read them):
   reference's ``val_folder_new.txt``: the listed path is relative to ``val/``). A fraction
   ``multi_instance_fraction`` of the images (exactly ``round(fraction * n)`` per split) shows two
   instances of the class and has two boxes.
+* Object masks of the test images (both dataset layouts) in wsolevaluation's mask layout, for PxAP:
+  ``masks/localization.txt`` with one line ``image_path,mask_path,ignore_path`` per object (image
+  path as the layout lists it: relative to ``images/`` for CUB, to ``val/`` for ILSVRC; mask paths
+  relative to ``masks/``), one 0/255 PNG per object and an all-zero ignore PNG per image.
 * Corpus (``write_corpus``): ``images/<nnnnnn>.png`` (square ``resolution``) and ``captions.csv``
   with columns ``file, caption, x1, y1, x2, y2``; one object (75 %) or two objects of the same
   kind (25 %) drawn from the full vocabulary (6 colours × 5 textures × 6 shapes); the box columns
@@ -59,7 +63,7 @@ from ..io import atomic_dir, resolve_inside
 __all__ = [
     "COLOURS", "TEXTURES", "SHAPES", "TEXTURE_NOUNS", "SHAPE_PLURALS", "ObjectKind", "DEMO_CLASSES",
     "demo_classes", "render_scene", "caption_for", "write_cub_dataset", "write_imagenet_dataset",
-    "write_corpus", "write_demo_world", "demo_dataset_targets", "register_cli",
+    "write_corpus", "write_demo_world", "demo_dataset_targets", "register_cli", "MASK_LISTING",
 ]
 
 log = logging.getLogger(__name__)
@@ -257,7 +261,8 @@ def _outlined(surface, mask, mask_img, colour, width):
     return np.where(rim[..., None], dark[None, None], surface)
 
 
-def render_scene(kind, rng, width, height, n_instances=1, size_range=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE):
+def render_scene(kind, rng, width, height, n_instances=1, size_range=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE,
+                 with_masks=False):
     """Draw ``n_instances`` objects of ``kind`` on a cluttered background.
 
     ``size_range``: [min, max] object extent as a fraction of the shorter image side (two instances:
@@ -265,7 +270,9 @@ def render_scene(kind, rng, width, height, n_instances=1, size_range=DEFAULT_OBJ
     the object's edge, as a fraction of its extent (0 = none).
 
     Returns ``(image uint8 [H, W, 3], boxes)`` with boxes a list of ``[x1, y1, x2, y2]`` floats,
-    tight around each object's pixels, ``x2``/``y2`` exclusive.
+    tight around each object's pixels, ``x2``/``y2`` exclusive; with ``with_masks`` also the list of
+    each object's pixel mask (bool [H, W]) as a third element. The masks draw no random numbers, so
+    the image is the same either way.
     """
     image = _background(rng, height, width)
     side = min(width, height)
@@ -273,7 +280,7 @@ def render_scene(kind, rng, width, height, n_instances=1, size_range=DEFAULT_OBJ
     if n_instances > 1:
         hi = min(hi, _MAX_TWO_INSTANCE_SIZE)
         lo = min(lo, hi)
-    taken, boxes = [], []
+    taken, boxes, masks = [], [], []
     for _ in range(n_instances):
         frac = rng.uniform(lo, hi)
         while True:
@@ -292,8 +299,10 @@ def render_scene(kind, rng, width, height, n_instances=1, size_range=DEFAULT_OBJ
         image = np.where(mask[..., None], surface, image)
         taken.append(box)
         boxes.append(_tight_box(mask))
+        masks.append(mask)
     image = image + rng.normal(0, 3.0, image.shape)
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8), boxes
+    image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return (image, boxes, masks) if with_masks else (image, boxes)
 
 
 def caption_for(kind, n_instances, rng):
@@ -328,6 +337,23 @@ def _save_jpeg(array, path, quality):
     Image.fromarray(array).save(path, format="JPEG", quality=int(quality))
 
 
+MASK_LISTING = "masks/localization.txt"  # object masks of the test images, inside the dataset root
+
+
+def _save_masks(masks_dir, image_rel, masks, lines):
+    """Write one PNG (0 / 255) per object of a test image and an all-zero ignore mask (every object is
+    annotated) in wsolevaluation's mask layout; append the listing lines
+    ``image_rel,<stem>_m<k>.png,<stem>_ignore.png`` (ignore path on the first line only)."""
+    stem = image_rel.rsplit(".", 1)[0]
+    (masks_dir / stem).parent.mkdir(parents=True, exist_ok=True)
+    ignore = f"{stem}_ignore.png"
+    Image.fromarray(np.zeros(masks[0].shape, np.uint8)).save(masks_dir / ignore, format="PNG")
+    for k, mask in enumerate(masks):
+        name = f"{stem}_m{k}.png"
+        Image.fromarray(mask.astype(np.uint8) * 255).save(masks_dir / name, format="PNG")
+        lines.append(f"{image_rel},{name},{ignore if k == 0 else ''}\n")
+
+
 def _multi_flags(n, fraction, seed, layout, split):
     """Exactly ``round(fraction * n)`` True entries at deterministic positions."""
     flags = np.zeros(n, bool)
@@ -343,9 +369,12 @@ def _multi_flags(n, fraction, seed, layout, split):
 
 def write_cub_dataset(root, n_classes, train_per_class, test_per_class, image_size=(160, 256),
                       jpeg_quality=92, seed=0, object_size=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE):
-    """Write a CUB_200_2011-layout dataset at ``root`` (atomically, replacing it). Returns root."""
+    """Write a CUB_200_2011-layout dataset at ``root`` (atomically, replacing it). Returns root.
+
+    The test images' object masks go to ``masks/`` with the listing ``masks/localization.txt``
+    (image paths relative to ``images/``; see ``_save_masks``)."""
     kinds = demo_classes(n_classes)
-    images, labels, split, bboxes = [], [], [], []
+    images, labels, split, bboxes, mask_lines = [], [], [], [], []
     with atomic_dir(root) as tmp:
         for c, kind in enumerate(kinds):
             folder = f"{c + 1:03d}.{kind.class_name()}"
@@ -355,9 +384,11 @@ def write_cub_dataset(root, n_classes, train_per_class, test_per_class, image_si
                 is_train = bool(order[k] < train_per_class)
                 rng = _image_rng(seed, _LAYOUT_CUB, 0, c, k)
                 width, height = _random_size(rng, image_size)
-                arr, boxes = render_scene(kind, rng, width, height, 1, object_size, outline)
+                arr, boxes, masks = render_scene(kind, rng, width, height, 1, object_size, outline, with_masks=True)
                 rel = f"{folder}/{kind.class_name()}_{k + 1:04d}.jpg"
                 _save_jpeg(arr, tmp / "images" / rel, jpeg_quality)
+                if not is_train:
+                    _save_masks(tmp / "masks", rel, masks, mask_lines)
                 images.append(rel)
                 labels.append(c + 1)
                 split.append(1 if is_train else 0)
@@ -371,6 +402,8 @@ def write_cub_dataset(root, n_classes, train_per_class, test_per_class, image_si
             "".join(f"{i} {x:.1f} {y:.1f} {w:.1f} {h:.1f}\n" for i, (x, y, w, h) in zip(ids, bboxes)))
         (tmp / "classes.txt").write_text(
             "".join(f"{c + 1} {c + 1:03d}.{k.class_name()}\n" for c, k in enumerate(kinds)))
+        (tmp / "masks").mkdir(exist_ok=True)
+        (tmp / MASK_LISTING).write_text("".join(mask_lines))
     return Path(root)
 
 
@@ -387,13 +420,16 @@ def _read_synsets(path, n):
 def write_imagenet_dataset(root, synset_mapping_path, n_classes, train_per_class, test_per_class,
                            multi_instance_fraction=0.2, image_size=(160, 256), jpeg_quality=92, seed=0,
                            object_size=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE):
-    """Write an ILSVRC2012_list-layout dataset at ``root`` (atomically, replacing it). Returns root."""
+    """Write an ILSVRC2012_list-layout dataset at ``root`` (atomically, replacing it). Returns root.
+
+    The val images' object masks (two for two-instance images) go to ``masks/`` with the listing
+    ``masks/localization.txt`` (image paths relative to ``val/``; see ``_save_masks``)."""
     kinds = demo_classes(n_classes)
     synsets = _read_synsets(synset_mapping_path, n_classes)
     wnids = [ln.split(" ", 1)[0] for ln in synsets]
     multi = {s: _multi_flags(n_classes * n, multi_instance_fraction, seed, _LAYOUT_IMAGENET, s)
              for s, n in ((_SPLIT_TRAIN, train_per_class), (_SPLIT_TEST, test_per_class))}
-    train_lines, val_lines = [], []
+    train_lines, val_lines, mask_lines = [], [], []
     with atomic_dir(root) as tmp:
         val_counter = 0
         for c, (kind, wnid) in enumerate(zip(kinds, wnids)):
@@ -411,9 +447,11 @@ def write_imagenet_dataset(root, synset_mapping_path, n_classes, train_per_class
                 rng = _image_rng(seed, _LAYOUT_IMAGENET, _SPLIT_TEST, c, k)
                 width, height = _random_size(rng, image_size)
                 n_inst = 2 if multi[_SPLIT_TEST][c * test_per_class + k] else 1
-                arr, boxes = render_scene(kind, rng, width, height, n_inst, object_size, outline)
+                arr, boxes, masks = render_scene(kind, rng, width, height, n_inst, object_size, outline,
+                                                 with_masks=True)
                 rel = f"{wnid}/ILSVRC2012_val_{val_counter:08d}.JPEG"
                 _save_jpeg(arr, tmp / "val" / rel, jpeg_quality)
+                _save_masks(tmp / "masks", rel, masks, mask_lines)
                 coords = " ".join(str(int(v)) for b in boxes for v in b)
                 val_lines.append(f"{rel} {c} {coords}\n")
         lists = tmp / "ILSVRC2012_list"
@@ -421,6 +459,8 @@ def write_imagenet_dataset(root, synset_mapping_path, n_classes, train_per_class
         (lists / "LOC_synset_mapping.txt").write_text("".join(ln + "\n" for ln in synsets))
         (lists / "train.txt").write_text("".join(train_lines))
         (lists / "val_folder_new.txt").write_text("".join(val_lines))
+        (tmp / "masks").mkdir(exist_ok=True)
+        (tmp / MASK_LISTING).write_text("".join(mask_lines))
     return Path(root)
 
 

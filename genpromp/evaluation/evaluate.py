@@ -1,4 +1,4 @@
-"""File-level evaluation: a CAM cache + test index (+ classifier scores) → per-image parquet + summary JSON.
+"""File-level evaluation: a CAM cache + test index (+ classifier scores, + masks) → per-image parquet + summary JSON.
 
 Streams the cache shard by shard (optionally in worker processes), so memory holds one shard of
 maps per worker plus the small per-image results. Also scores the centre-Gaussian and full-image
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from ..errors import InputError
 from ..io import atomic_path, write_text_atomic
 from .evaluator import (
     EvalSettings, Evaluator, ImageInput, ImageResult, evaluate_image, merge_states, summary_from_state,
+)
+from .pxap import (
+    MaskSource, PxapAccumulator, load_gt_mask, merge_pxap_states, pxap_scoremap, read_mask_listing,
+    summary_from_pxap_state,
 )
 from .metrics import (
     box_iou_matrix, center_gaussian_cam, classify_top1_error, full_image_box, scale_boxes_tscam,
@@ -106,8 +111,37 @@ def _shard_inputs(folder, k, rows, gts, scores):
 
 
 def _evaluate_shard(args):
-    folder, k, rows, gts, scores, settings = args
-    return [evaluate_image(inp, settings) for inp in _shard_inputs(folder, k, rows, gts, scores)]
+    """Results of one CAM shard and, when masks are given ({image_id: MaskEntry}), its PxAP state."""
+    folder, k, rows, gts, scores, settings, masks = args
+    pxap = PxapAccumulator(settings.thresholds, settings.wsol_frame) if masks is not None else None
+    results = []
+    for inp in _shard_inputs(folder, k, rows, gts, scores):
+        results.append(evaluate_image(inp, settings))
+        if pxap is not None:  # PxAP, like MaxBoxAcc, scores the GT-class map
+            pxap.accumulate(inp.maps["gt"][1], masks[inp.image_id], (inp.width, inp.height))
+    return results, (pxap.state() if pxap is not None else None)
+
+
+def _mask_entries(masks, image_ids):
+    """{image_id: MaskEntry} of ``image_ids`` from the listing of ``masks`` (a MaskSource); every image
+    needs at least one mask. None when ``masks`` is None."""
+    if masks is None:
+        return None
+    entries = read_mask_listing(masks)
+    missing = [i for i in image_ids if i not in entries]
+    if missing:
+        raise InputError(masks.listing, f"{len(missing)} test images have no mask (first: {missing[0]!r}); every "
+                                        "evaluated image needs a line image_path,mask_path,ignore_path")
+    return {i: entries[i] for i in image_ids}
+
+
+def _pxap_summary(state):
+    """PxAP summary of a (merged) state carrying its listing under "masks"; None without masks."""
+    if state is None:
+        return None
+    out = summary_from_pxap_state(state, state.get("masks"))
+    out["masks"] = state.get("masks")
+    return out
 
 
 def _check_coverage(cache, index, scores, scores_path, part=None):
@@ -129,13 +163,16 @@ def _check_coverage(cache, index, scores, scores_path, part=None):
                                                    "other scores", pos)
 
 
-def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1, shards=None):
+def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1, shards=None, masks=None):
     """Evaluate the test images of a CAM cache; return an :class:`Evaluator` holding the results.
 
     scores_path: classifier scores parquet (needed for Top-1/Top-5 Loc, Cls and the breakdown;
     None → GT-known metrics only). threads > 1 evaluates shards in that many worker processes.
     shards: CAM shard numbers to evaluate (one evaluation part); None → all, and the cache must
     cover the whole test index (a part's coverage is checked when the parts are merged).
+    masks: a :class:`~.pxap.MaskSource` → PxAP over the same images; the evaluator's ``pxap_state``
+    then holds its counts (:class:`~.pxap.PxapAccumulator` state plus the listing under "masks"),
+    else None.
     """
     cache = CamCache(cam_dir)
     if shards is not None:
@@ -149,6 +186,7 @@ def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1, s
     scores = load_scores(scores_path) if scores_path else None
     _check_coverage(cache, index, scores, scores_path, part=shards)
     ids = set(index["image_id"])
+    entries = _mask_entries(masks, [i for i in dict.fromkeys(cache.index["image_id"]) if i in ids])
     gts, jobs = {}, []
     for k in cache.shard_numbers():
         sub = cache.index[cache.index["shard"] == k]
@@ -156,21 +194,25 @@ def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1, s
             gts[iid] = _gt_record(index, iid, cache.index_path)
         rows = list(sub[["image_id", "row", "slot", "class_id", "role"]].itertuples(index=False, name=None))
         cache.load_shard(k)  # validates the shard against the index (NaN, negatives, row/slot/class)
-        jobs.append((str(cam_dir), k, rows, {i: gts[i] for i in dict.fromkeys(sub["image_id"])},
-                     {i: scores[i] for i in dict.fromkeys(sub["image_id"])} if scores is not None else None,
-                     settings))
+        shard_ids = list(dict.fromkeys(sub["image_id"]))
+        jobs.append((str(cam_dir), k, rows, {i: gts[i] for i in shard_ids},
+                     {i: scores[i] for i in shard_ids} if scores is not None else None,
+                     settings, {i: entries[i] for i in shard_ids} if entries is not None else None))
     if shards is None and len(ids) != len(gts):
         raise InputError(cache.index_path, "the cache does not cover the test index")
     evaluator = Evaluator(settings)
+    pxap_states = []
     if threads > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=threads) as pool:
-            for results in pool.map(_evaluate_shard, jobs):
-                for r in results:
-                    evaluator.add_result(r)
+            outputs = list(pool.map(_evaluate_shard, jobs))
     else:
-        for job in jobs:
-            for r in _evaluate_shard(job):
-                evaluator.add_result(r)
+        outputs = [_evaluate_shard(job) for job in jobs]
+    for results, pxap_state in outputs:
+        for r in results:
+            evaluator.add_result(r)
+        if pxap_state is not None:
+            pxap_states.append(pxap_state)
+    evaluator.pxap_state = dict(merge_pxap_states(pxap_states), masks=str(masks.listing)) if pxap_states else None
     order = {iid: i for i, iid in enumerate(index["image_id"])}
     evaluator.results.sort(key=lambda r: order[r.image_id])
     return evaluator
@@ -180,7 +222,7 @@ def _fixed_box_result(iid, label, gt_tscam, gt_wsol, box_t, box_w, top5, n_thr, 
     iou = float(box_iou_matrix(box_t, gt_tscam).max())
     iou_w = float(box_iou_matrix(box_w, gt_wsol).max())
     res = ImageResult(iid, label, None, None, None, list(box_t), iou, iou >= 0.5, None, None, None, None, None,
-                      np.full(n_ts, iou, np.float32), np.full(n_thr, iou_w, np.float32), np.full(n_thr, iou_w, np.float32))
+                      np.full(n_ts, iou, np.float64), np.full(n_thr, iou_w, np.float64), np.full(n_thr, iou_w, np.float64))
     if top5 is not None:
         res.top1_id, res.cls1, res.cls5 = top5[0], top5[0] == label, label in top5
         res.box_top1, res.iou_top1 = list(box_t), iou
@@ -189,32 +231,50 @@ def _fixed_box_result(iid, label, gt_tscam, gt_wsol, box_t, box_w, top5, n_thr, 
     return res
 
 
-def evaluate_baselines(index_path, settings, scores_path=None, cam_size=64):
+def evaluate_baselines(index_path, settings, scores_path=None, cam_size=64, masks=None):
     """Score the two map-free baselines over the test index; return {name: Evaluator}.
 
     ``center``: the centre-Gaussian map (Choe et al.; sigma = size/4) put through both protocols
     exactly like a CAM, so the sweep picks the best centred box. ``full``: the box covering the whole
     frame, [0, 0, F − 1, F − 1], at every threshold. With scores, Top-1/Top-5 Loc use the classifier.
+    With masks (a :class:`~.pxap.MaskSource`) each evaluator's ``pxap_state`` holds PxAP counts:
+    ``center`` for the Gaussian map, ``full`` for a constant map (every pixel scores the same, so its
+    PxAP is the share of positive pixels).
     """
     index = load_test_index(index_path)
     scores = load_scores(scores_path) if scores_path else None
     center_map = center_gaussian_cam(cam_size)
     out = {"center": Evaluator(settings), "full": Evaluator(settings)}
     n_thr = len(settings.thresholds)
+    entries = _mask_entries(masks, list(index["image_id"]))
+    pxap = None
+    if entries is not None:
+        pxap = {k: PxapAccumulator(settings.thresholds, settings.wsol_frame) for k in out}
+        center_scores = pxap_scoremap(center_map, settings.wsol_frame)
+        flat_scores = pxap_scoremap(np.ones((cam_size, cam_size)), settings.wsol_frame)
     for iid, label, w, h, boxes in index[["image_id", "label", "width", "height", "boxes"]].itertuples(index=False):
         gt = np.asarray([list(b) for b in boxes], dtype=np.float64)
         top5 = scores.get(iid) if scores is not None else None
+        if pxap is not None:
+            positive, negative = load_gt_mask(entries[iid], settings.wsol_frame, (int(w), int(h)))
+            pxap["center"].add_scoremap(center_scores, positive, negative)
+            pxap["full"].add_scoremap(flat_scores, positive, negative)
         out["center"].accumulate(ImageInput(iid, int(label), int(w), int(h), gt,
                                             {"gt": (int(label), center_map)}, top5))
         out["full"].add_result(_fixed_box_result(
             iid, int(label), scale_boxes_tscam(gt, w, h, settings.frame), scale_boxes_wsol(gt, w, h, settings.wsol_frame),
             full_image_box(settings.frame), full_image_box(settings.wsol_frame), top5, n_thr,
             len(settings.tscam_thresholds)))
+    for name, ev in out.items():
+        ev.pxap_state = dict(pxap[name].state(), masks=str(masks.listing)) if pxap is not None else None
     return out
 
 
 def results_table(results):
-    """Per-image results as a pyarrow Table (one row per image; boxes in the TS-CAM frame, x1y1x2y2 inclusive)."""
+    """Per-image results as a pyarrow Table (one row per image; boxes in the TS-CAM frame, x1y1x2y2 inclusive).
+
+    IoUs are stored as float64, as computed, so a row re-thresholded at δ decides ties (IoU = δ) as the
+    summary did."""
     def col(name):
         return [getattr(r, name) for r in results]
     return pa.table({
@@ -231,36 +291,44 @@ def results_table(results):
         "top1_loc": pa.array(col("top1_loc"), pa.bool_()),
         "top5_loc": pa.array(col("top5_loc"), pa.bool_()),
         "error": pa.array(col("error"), pa.string()),
-        "tscam_ious": pa.array([r.tscam_ious.tolist() for r in results], pa.list_(pa.float32())),
-        "wsol_v1_ious": pa.array([r.wsol_v1.tolist() for r in results], pa.list_(pa.float32())),
-        "wsol_v2_ious": pa.array([r.wsol_v2.tolist() for r in results], pa.list_(pa.float32())),
+        "tscam_ious": pa.array([r.tscam_ious.tolist() for r in results], pa.list_(pa.float64())),
+        "wsol_v1_ious": pa.array([r.wsol_v1.tolist() for r in results], pa.list_(pa.float64())),
+        "wsol_v2_ious": pa.array([r.wsol_v2.tolist() for r in results], pa.list_(pa.float64())),
     })
 
 
 def write_evaluation(evaluator, per_image_path, summary_path, meta=None):
-    """Write the per-image parquet and the summary JSON (atomically); return the summary dict."""
+    """Write the per-image parquet and the summary JSON (atomically); return the summary dict.
+
+    The summary's ``pxap`` is the PxAP summary of the evaluator's ``pxap_state`` (see
+    :func:`evaluate_cache`), None when no masks were given."""
     summary = dict(meta or {})
     summary.update(evaluator.compute())
+    summary["pxap"] = _pxap_summary(getattr(evaluator, "pxap_state", None))
     with atomic_path(per_image_path) as tmp:
         pq.write_table(results_table(evaluator.results), tmp)
     write_text_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
-def run_evaluate(cams, index, settings, per_image, summary, scores=None, threads=1, meta=None):
-    """Evaluate a CAM cache folder and write both outputs; return the summary dict."""
-    evaluator = evaluate_cache(cams, index, settings, scores_path=scores, threads=threads)
+def run_evaluate(cams, index, settings, per_image, summary, scores=None, threads=1, meta=None, masks=None):
+    """Evaluate a CAM cache folder and write both outputs; return the summary dict.
+
+    masks: a :class:`~.pxap.MaskSource` → the summary's ``pxap`` (else None)."""
+    evaluator = evaluate_cache(cams, index, settings, scores_path=scores, threads=threads, masks=masks)
     meta = dict(meta or {})
     meta.setdefault("cams", str(cams))
     meta.setdefault("scores", str(scores) if scores else None)
     return write_evaluation(evaluator, per_image, summary, meta)
 
 
-def run_evaluate_part(cams, index, settings, shards, per_image, state, scores=None, threads=1):
+def run_evaluate_part(cams, index, settings, shards, per_image, state, scores=None, threads=1, masks=None):
     """Evaluate the CAM shards ``shards`` of a cache: write a partial per-image parquet and the
-    accumulator state JSON (integer counts, :func:`~.evaluator.state_from_results`). Returns the state."""
-    evaluator = evaluate_cache(cams, index, settings, scores_path=scores, threads=threads, shards=list(shards))
-    st = {"shards": [int(k) for k in shards], "state": evaluator.state()}
+    accumulator state JSON (integer counts, :func:`~.evaluator.state_from_results`; with masks also
+    the PxAP counts under "pxap", else null). Returns the state."""
+    evaluator = evaluate_cache(cams, index, settings, scores_path=scores, threads=threads, shards=list(shards),
+                               masks=masks)
+    st = {"shards": [int(k) for k in shards], "state": evaluator.state(), "pxap": evaluator.pxap_state}
     with atomic_path(per_image) as tmp:
         pq.write_table(results_table(evaluator.results), tmp)
     write_text_atomic(state, json.dumps(st) + "\n")
@@ -271,7 +339,7 @@ def _read_state(path):
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        return data["shards"], data["state"]
+        return data["shards"], data["state"], data.get("pxap")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(path, f"cannot read evaluation state ({exc}); re-run rule evaluate_shard") from exc
 
@@ -286,7 +354,7 @@ def merge_evaluation(parts, states, index, settings, per_image, summary, meta=No
     if len(parts) != len(states) or not parts:
         raise InputError("<merge>", f"{len(parts)} part tables but {len(states)} state files; give one of each per part")
     order = {iid: i for i, iid in enumerate(load_test_index(index)["image_id"])}
-    tables, loaded, seen = [], [], {}
+    tables, loaded, pxap_states, seen = [], [], [], {}
     for part, st in zip(parts, states):
         table = pq.read_table(part)
         for iid in table.column("image_id").to_pylist():
@@ -296,7 +364,9 @@ def merge_evaluation(parts, states, index, settings, per_image, summary, meta=No
                 raise InputError(part, f"image {iid!r} was also evaluated in {seen[iid]}; the parts overlap")
             seen[iid] = str(part)
         tables.append(table)
-        loaded.append(_read_state(st)[1])
+        _, counts, pxap_state = _read_state(st)
+        loaded.append(counts)
+        pxap_states.append(pxap_state)
     missing = [i for i in order if i not in seen]
     if missing:
         raise InputError(index, f"{len(missing)} test images are in no evaluation part (first: {missing[0]!r}); "
@@ -306,16 +376,23 @@ def merge_evaluation(parts, states, index, settings, per_image, summary, meta=No
     merged = merged.take(pa.array(np.argsort(pos, kind="stable")))
     out = dict(meta or {})
     out.update(summary_from_state(merge_states(loaded), settings))
+    if any(p is None for p in pxap_states) and any(p is not None for p in pxap_states):
+        raise InputError(states[[p is None for p in pxap_states].index(True)],
+                         "this part has no PxAP counts but others have; re-run rule evaluate_shard for every part")
+    try:
+        out["pxap"] = _pxap_summary(merge_pxap_states(pxap_states) if pxap_states[0] is not None else None)
+    except ValueError as exc:
+        raise InputError("<merge>", f"{exc}; re-run rule evaluate_shard for every part") from None
     with atomic_path(per_image) as tmp:
         pq.write_table(merged, tmp)
     write_text_atomic(summary, json.dumps(out, indent=1) + "\n")
     return out
 
 
-def run_baselines(index, settings, out_dir, scores=None, meta=None):
+def run_baselines(index, settings, out_dir, scores=None, meta=None, masks=None):
     """Score the baselines; write ``<out_dir>/<name>/{per_image.parquet,summary.json}``; return summaries."""
     out = {}
-    for name, ev in evaluate_baselines(index, settings, scores_path=scores).items():
+    for name, ev in evaluate_baselines(index, settings, scores_path=scores, masks=masks).items():
         m = dict(meta or {}, baseline=name)
         out[name] = write_evaluation(ev, Path(out_dir) / name / "per_image.parquet",
                                      Path(out_dir) / name / "summary.json", m)
@@ -334,22 +411,49 @@ def _meta_from_args(args):
                               ("mode", args.mode), ("ratio", args.ratio)) if v is not None}
 
 
+_CLI_VARIANT = re.compile(r"(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9.]+)_t[0-9-]+")
+
+
+def _names_from_paths(args):
+    """Fill the names a summary records (and `genpromp tables` needs) from the workflow's layout when
+    not given: --index results/<dataset>/index/test.parquet, --cams results/<dataset>/<run>/cams/<variant>.
+    Baseline summaries need a dataset: without one (given or read from the path) this is an error."""
+    index = Path(args.index)
+    if args.dataset is None and index.parent.name == "index" and index.parent.parent.name not in ("", "."):
+        args.dataset = index.parent.parent.name
+    cams = Path(args.cams) if args.cams else None
+    match = _CLI_VARIANT.fullmatch(cams.name) if cams is not None else None
+    if match and cams.parent.name == "cams" and not args.baselines:
+        args.variant = args.variant or cams.name
+        args.run = args.run or cams.parent.parent.name
+        args.mode = args.mode or match["mode"]
+        args.ratio = float(match["ratio"]) if args.ratio is None else args.ratio
+    if args.baselines and args.dataset is None:
+        raise InputError("<command line>", f"--baselines needs --dataset NAME (recorded in the baseline summaries, "
+                                           f"which `genpromp tables` groups by dataset); it cannot be read from "
+                                           f"--index {args.index}, which is not <results>/<dataset>/index/test.parquet")
+
+
 def _cli(args):
     settings = _settings_from_args(args)
+    _names_from_paths(args)
     meta = _meta_from_args(args)
+    if args.mask_root and not args.masks:
+        raise InputError("<command line>", "--mask-root needs --masks")
+    masks = MaskSource(Path(args.masks), Path(args.mask_root) if args.mask_root else None) if args.masks else None
     if args.baselines:
-        run_baselines(args.index, settings, args.baselines, scores=args.scores, meta=meta)
+        run_baselines(args.index, settings, args.baselines, scores=args.scores, meta=meta, masks=masks)
         return
     if args.shards is not None:
         if not (args.cams and args.per_image and args.state):
             raise InputError("<command line>", "--shards needs --cams, --per-image and --state")
         run_evaluate_part(args.cams, args.index, settings, args.shards, args.per_image, args.state,
-                          scores=args.scores, threads=args.threads)
+                          scores=args.scores, threads=args.threads, masks=masks)
         return
     if not (args.cams and args.per_image and args.summary):
         raise InputError("<command line>", "--cams, --per-image and --summary are required (or use --baselines DIR)")
     s = run_evaluate(args.cams, args.index, settings, args.per_image, args.summary, scores=args.scores,
-                     threads=args.threads, meta=meta)
+                     threads=args.threads, meta=meta, masks=masks)
     log.info("evaluated %d images: GT-known %.2f%%", s["n_images"], s["tscam"]["gt_known"])
 
 
@@ -384,7 +488,8 @@ def register_cli(subparsers):
     p = subparsers.add_parser(
         "evaluate", help="score a CAM cache (TS-CAM protocol + wsolevaluation MaxBoxAccV2)",
         description="Score a CAM cache folder (docs/FORMATS.md) against the test index: Top-1/Top-5/GT-known "
-                    "Loc at --cam-thr, the threshold sweeps of both protocols, MaxBoxAcc(V2). Writes a per-image "
+                    "Loc at --cam-thr, the threshold sweeps of both protocols, MaxBoxAcc(V2), and with --masks PxAP "
+                    "(wsolevaluation's pixel average precision). Writes a per-image "
                     "parquet and a summary JSON. With --shards, scores only those CAM shards and writes a partial "
                     "per-image parquet plus --state (merge with `genpromp evaluate-merge`). With --baselines DIR, "
                     "scores the centre-Gaussian and full-image baselines instead (no CAMs needed).")
@@ -399,6 +504,12 @@ def register_cli(subparsers):
     p.add_argument("--state", default=None, help="output accumulator state JSON of the part (with --shards)")
     p.add_argument("--baselines", default=None, metavar="DIR", help="score the baselines into DIR/{center,full}/")
     p.add_argument("--threads", type=int, default=1, help="worker processes (one CAM shard per task)")
+    p.add_argument("--masks", default=None, metavar="LISTING",
+                   help="mask listing (lines image_path,mask_path,ignore_path; docs/FORMATS.md): also compute "
+                        "PxAP (config datasets.<d>.masks.listing)")
+    p.add_argument("--mask-root", default=None, metavar="DIR",
+                   help="folder the listing's mask paths are relative to (default: the listing's folder; "
+                        "datasets.<d>.masks.root)")
     _add_settings_options(p)
     p.set_defaults(func=_cli)
     m = subparsers.add_parser(

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
 
-__all__ = ["plot_combine_ratio", "plot_threshold_curve"]
+__all__ = ["plot_combine_ratio", "plot_threshold_curve", "plot_pr_curve"]
 
 
 def _save(fig, out):
@@ -44,4 +44,24 @@ def plot_threshold_curve(df, out):
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    _save(fig, out)
+
+
+def plot_pr_curve(df, out):
+    """Pixel precision vs recall (the PxAP curve), one line per (dataset, run, variant) labelled with its
+    PxAP; a note instead when no summary was evaluated with masks."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for key, g in df.groupby(["dataset", "run", "variant"]):
+        g = g.dropna(subset=["precision"]).sort_values("recall")
+        ax.plot(g["recall"], g["precision"], label=f"{'/'.join(key)} (PxAP {g['pxap'].iloc[0]:.1f})")
+    if df.empty:
+        ax.text(0.5, 0.5, "no dataset with masks", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (pixels)")
+    ax.set_ylabel("precision (pixels)")
+    ax.set_title("Pixel precision-recall (PxAP)")
+    ax.grid(alpha=0.3)
     _save(fig, out)

@@ -16,21 +16,21 @@ import pandas as pd
 from ..errors import InputError
 from ..io import atomic_path, write_text_atomic
 from .metrics import ERROR_CATEGORIES
-from .plots import plot_combine_ratio, plot_threshold_curve
+from .plots import plot_combine_ratio, plot_pr_curve, plot_threshold_curve
 
 __all__ = [
     "PAPER_NUMBERS", "load_summary", "main_table", "combine_ratio_table", "threshold_curve_table",
-    "error_breakdown_table", "to_markdown", "write_tables", "register_cli",
+    "pr_curve_table", "error_breakdown_table", "to_markdown", "write_tables", "register_cli",
 ]
 
-# SPEC § Paper numbers: Top-1 / Top-5 / GT-known Loc (%).
+# Published Top-1 / Top-5 / GT-known Loc (%) (the GenPromp paper's comparison table).
 PAPER_NUMBERS = {
     "TS-CAM (DeiT-S)": {"CUB": (71.3, 83.8, 87.7), "ImageNet": (53.4, 64.3, 67.6)},
     "BAS (ResNet50)": {"CUB": (77.3, 90.1, 95.1), "ImageNet": (57.2, 67.4, 71.8)},
     "C²AM (DenseNet161 + EffNet-B7 cls)": {"CUB": (81.8, 91.1, 92.9), "ImageNet": (59.6, 67.1, 68.5)},
     "GenPromp (SD-1.4 + EffNet-B7 cls)": {"CUB": (87.0, 96.1, 98.0), "ImageNet": (65.2, 73.4, 75.0)},
 }
-# SPEC § wsolevaluation: centre baseline MaxBoxAccV2.
+# Centre-Gaussian baseline MaxBoxAccV2 (%) as published by Choe et al. (CVPR'20).
 PAPER_CENTER_V2 = {"CUB": 59.7, "ImageNet": 52.5}
 
 
@@ -58,40 +58,48 @@ def _v2(s):
     return s.get("wsol", {}).get("v2", {}).get("mean")
 
 
+def _pxap(s):
+    """PxAP (%) of a summary; None when it was evaluated without masks."""
+    return (s.get("pxap") or {}).get("pxap")
+
+
 def main_table(paths, meta=None, baseline_paths=()):
-    """Top-1 / Top-5 / GT-known Loc and MaxBoxAccV2 per dataset and run, baselines, and paper rows."""
+    """Top-1 / Top-5 / GT-known Loc, MaxBoxAccV2 and PxAP (None without masks) per dataset and run,
+    baselines, and paper rows."""
     rows, families = [], []
     for p in paths:
         s, m = load_summary(p, meta)
         ts = s["tscam"]
         rows.append({"source": "ours", "dataset": m["dataset"], "run": m["run"], "variant": m["variant"],
                      "method": "GenPromp (ours)", "top1_loc": ts["top1_loc"], "top5_loc": ts["top5_loc"],
-                     "gt_known": ts["gt_known"], "max_box_acc_v2": _v2(s)})
+                     "gt_known": ts["gt_known"], "max_box_acc_v2": _v2(s), "pxap": _pxap(s)})
         families.append(paper_family(m["dataset"]))
     for p in baseline_paths:
         s, m = load_summary(p, meta)
         ts = s["tscam"]
         rows.append({"source": "baseline", "dataset": m["dataset"], "run": None, "variant": None,
                      "method": f"{m.get('baseline') or 'baseline'} box", "top1_loc": ts["top1_loc"],
-                     "top5_loc": ts["top5_loc"], "gt_known": ts["gt_known"], "max_box_acc_v2": _v2(s)})
+                     "top5_loc": ts["top5_loc"], "gt_known": ts["gt_known"], "max_box_acc_v2": _v2(s),
+                     "pxap": _pxap(s)})
     for fam in dict.fromkeys(f for f in families if f):
         for method, nums in PAPER_NUMBERS.items():
             t1, t5, gk = nums[fam]
             rows.append({"source": "paper", "dataset": fam, "run": None, "variant": None, "method": method,
-                         "top1_loc": t1, "top5_loc": t5, "gt_known": gk, "max_box_acc_v2": None})
+                         "top1_loc": t1, "top5_loc": t5, "gt_known": gk, "max_box_acc_v2": None, "pxap": None})
         rows.append({"source": "paper", "dataset": fam, "run": None, "variant": None, "method": "center baseline",
-                     "top1_loc": None, "top5_loc": None, "gt_known": None, "max_box_acc_v2": PAPER_CENTER_V2[fam]})
+                     "top1_loc": None, "top5_loc": None, "gt_known": None, "max_box_acc_v2": PAPER_CENTER_V2[fam],
+                     "pxap": None})
     return pd.DataFrame(rows)
 
 
 def combine_ratio_table(paths, meta=None):
-    """GT-known Loc and MaxBoxAccV2 vs combine ratio w (ablation variants)."""
+    """GT-known Loc, MaxBoxAccV2 and PxAP vs combine ratio w (ablation variants)."""
     rows = []
     for p in paths:
         s, m = load_summary(p, meta)
         rows.append({"dataset": m["dataset"], "run": m["run"], "variant": m["variant"],
                      "ratio": float(m["ratio"]) if m.get("ratio") is not None else np.nan,
-                     "gt_known": s["tscam"]["gt_known"], "max_box_acc_v2": _v2(s)})
+                     "gt_known": s["tscam"]["gt_known"], "max_box_acc_v2": _v2(s), "pxap": _pxap(s)})
     return pd.DataFrame(rows).sort_values(["dataset", "run", "ratio"]).reset_index(drop=True)
 
 
@@ -107,6 +115,23 @@ def threshold_curve_table(paths, meta=None):
                          "gt_known": curve["gt_known"][i] if "gt_known" in curve else None,
                          "top1_loc": curve["top1_loc"][i] if "top1_loc" in curve else None})
     return pd.DataFrame(rows)
+
+
+def pr_curve_table(paths, meta=None):
+    """Long table: the pixel precision–recall curve (PxAP) of each summary evaluated with masks.
+
+    One row per threshold ("score ≥ threshold", ascending; precision empty where no pixel scores
+    that high) with the summary's PxAP repeated."""
+    rows = []
+    for p in paths:
+        s, m = load_summary(p, meta)
+        px = s.get("pxap")
+        if not px:
+            continue
+        for t, prec, rec in zip(px["thresholds"], px["precision"], px["recall"]):
+            rows.append({"dataset": m["dataset"], "run": m["run"], "variant": m["variant"], "threshold": t,
+                         "precision": prec, "recall": rec, "pxap": px["pxap"]})
+    return pd.DataFrame(rows, columns=["dataset", "run", "variant", "threshold", "precision", "recall", "pxap"])
 
 
 def error_breakdown_table(paths, meta=None):
@@ -138,20 +163,24 @@ def _write_csv(df, path):
 
 
 def write_tables(out_dir, eval_paths, ablation_paths=(), baseline_paths=(), meta=None):
-    """Write main, combine_ratio, threshold_curve and error_breakdown tables/figures under ``out_dir``."""
+    """Write main, combine_ratio, threshold_curve, pr_curve and error_breakdown tables/figures under ``out_dir``."""
     out = Path(out_dir)
     main = main_table(eval_paths, meta, baseline_paths)
     _write_csv(main, out / "main.csv")
-    write_text_atomic(out / "main.md", "Localization (%) — rows with source 'paper' are the published numbers "
-                                       "(SPEC); 'ours' and 'baseline' are measured here.\n\n" + to_markdown(main))
+    write_text_atomic(out / "main.md", "Localization (%) — rows with source 'paper' are the published numbers; "
+                                       "'ours' and 'baseline' are measured here (PxAP only where the dataset has "
+                                       "masks).\n\n" + to_markdown(main))
     ratio = combine_ratio_table(ablation_paths, meta) if ablation_paths else pd.DataFrame(
-        columns=["dataset", "run", "variant", "ratio", "gt_known", "max_box_acc_v2"])
+        columns=["dataset", "run", "variant", "ratio", "gt_known", "max_box_acc_v2", "pxap"])
     _write_csv(ratio, out / "combine_ratio.csv")
     write_text_atomic(out / "combine_ratio.md", to_markdown(ratio))
     plot_combine_ratio(ratio, out / "combine_ratio.png")
     curve = threshold_curve_table(eval_paths, meta)
     _write_csv(curve, out / "threshold_curve.csv")
     plot_threshold_curve(curve, out / "threshold_curve.png")
+    pr = pr_curve_table(eval_paths, meta)
+    _write_csv(pr, out / "pr_curve.csv")
+    plot_pr_curve(pr, out / "pr_curve.png")
     eb = error_breakdown_table(eval_paths, meta)
     _write_csv(eb, out / "error_breakdown.csv")
     write_text_atomic(out / "error_breakdown.md", to_markdown(eb))
@@ -163,7 +192,8 @@ def _cli(args):
 
 def register_cli(subparsers):
     p = subparsers.add_parser("tables", help="paper tables (CSV, Markdown, PNG) from evaluation summaries",
-                              description="Build results/tables/{main,combine_ratio,threshold_curve,error_breakdown} "
+                              description="Build results/tables/{main,combine_ratio,threshold_curve,pr_curve,"
+                                          "error_breakdown} "
                                           "from summary.json files written by `genpromp evaluate`. Dataset, run, "
                                           "variant and ratio are read from each summary.")
     p.add_argument("--summaries", nargs="+", required=True, help="summary.json of the main variants")

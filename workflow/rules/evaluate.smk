@@ -4,6 +4,7 @@
 # Outputs used by the lead's target list:
 #   results/{dataset}/{run}/eval/{variant}/per_image.parquet, .../summary.json   (rule merge_eval)
 #   results/{dataset}/baselines/{center,full}/summary.json                       (rule evaluate_baselines)
+# With datasets.<d>.masks set, the parts and the baselines also count PxAP (the merged summary's "pxap").
 # Parts (rule evaluate_shard): results/{dataset}/{run}/eval/{variant}/parts/part-{part}.{parquet,json}; part p
 # holds whole CAM shards, evaluation.shard_size images rounded to whole CAM shards (test.shard_size each);
 # their number follows the test set size (read after the index checkpoint). The variant wildcard is
@@ -16,6 +17,7 @@ rule evaluate_shard:
         shards=_part_cam_files,
         index="results/{dataset}/index/test.parquet",
         scores=_eval_scores,
+        masks=_eval_masks,
     output:
         per_image="results/{dataset}/{run}/eval/{variant}/parts/part-{part}.parquet",
         state="results/{dataset}/{run}/eval/{variant}/parts/part-{part}.json",
@@ -23,6 +25,7 @@ rule evaluate_shard:
         evaluation=config["evaluation"],
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
         shards=_part_cam_shards,
+        masks=_eval_masks_param,
     conda:
         "../../environment.yml"
     log:
@@ -68,12 +71,14 @@ rule evaluate_baselines:
     input:
         index="results/{dataset}/index/test.parquet",
         scores=_baseline_scores,
+        masks=_eval_masks,
     output:
         center="results/{dataset}/baselines/center/summary.json",
         full="results/{dataset}/baselines/full/summary.json",
     params:
         evaluation=config["evaluation"],
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
+        masks=_eval_masks_param,
     conda:
         "../../environment.yml"
     log:

@@ -22,6 +22,22 @@ def _eval_scores(wildcards):
     return f"results/{wildcards.dataset}/scores/{ds['classifier']['name']}.parquet"
 
 
+def _eval_masks(wildcards):
+    """The dataset's mask listing (datasets.<d>.masks.listing), [] without masks. A demo dataset's masks
+    are written with the dataset, so its marker file stands in for the listing (which does not exist
+    before the demo world has run)."""
+    masks = config["datasets"][wildcards.dataset].get("masks")
+    if not masks:
+        return []
+    markers = globals().get("data_demo_markers")
+    marker = markers().get(wildcards.dataset) if markers else None
+    return marker or masks["listing"]
+
+
+def _eval_masks_param(wildcards):
+    return config["datasets"][wildcards.dataset].get("masks")
+
+
 def _baseline_scores(wildcards):
     ds = config["datasets"][wildcards.dataset]
     return f"results/{wildcards.dataset}/scores/{ds['classifier']['name']}.parquet" if ds.get("classifier") else []

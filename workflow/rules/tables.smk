@@ -20,6 +20,8 @@ rule tables:
         ratio_png=report("results/tables/combine_ratio.png", caption="../report/combine_ratio.rst", category="Figures"),
         curve_csv="results/tables/threshold_curve.csv",
         curve_png=report("results/tables/threshold_curve.png", caption="../report/threshold_curve.rst", category="Figures"),
+        pr_csv="results/tables/pr_curve.csv",
+        pr_png=report("results/tables/pr_curve.png", caption="../report/pr_curve.rst", category="Figures"),
         errors_csv="results/tables/error_breakdown.csv",
         errors_md=report("results/tables/error_breakdown.md", caption="../report/error_breakdown.rst", category="Tables"),
     params:
