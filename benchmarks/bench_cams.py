@@ -144,12 +144,12 @@ def main(argv=None):
     p.add_argument("--resolution", type=int, default=None,
                    help="image side with --sd14 (default 512; e.g. 128 for a quick CPU smoke run)")
     p.add_argument("--classes", type=int, default=20, help="classes (concept tokens)")
-    p.add_argument("--precision", default=None, choices=["no", "fp16", "bf16"],
-                   help="mixed precision on GPU (default: fp16 with --sd14, else no)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
+                   help="VAE/UNet precision, as test.inference_precision (default auto: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--tokenizer", default=str(REPO / "resources/assets/clip_tokenizer"), help="CLIPTokenizer folder")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
-    device, dtype = choose_device(args.precision or ("fp16" if args.sd14 else "no"))
+    device, dtype = choose_device(args.precision)
     if args.sd14:
         comps, resolution = build_sd14(args.tokenizer, device, dtype)
         resolution = args.resolution or resolution

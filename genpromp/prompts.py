@@ -1,4 +1,4 @@
-"""Caption templates, concept / meta tokens and the token index (SPEC.md § Prompts and tokens)."""
+"""Caption templates, concept / meta tokens and the token index (docs/method.md § Prompts and tokens)."""
 
 from __future__ import annotations
 

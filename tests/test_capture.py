@@ -7,7 +7,7 @@ import torch
 
 from cam_fixtures import fresh_components, tiny_model_dir  # noqa: F401  (fixtures)
 from genpromp.cams.capture import (
-    CamGroup, TokenCaptureProcessor, capture_cross_attention, combine_group_maps, find_cross_attention_layers,
+    CamGroup, ExplicitAttentionProcessor, TokenCaptureProcessor, capture_cross_attention, combine_group_maps, find_cross_attention_layers,
     resize_group_map, run_unet_capture, select_group_layers,
 )
 from genpromp.errors import GenprompError
@@ -129,3 +129,69 @@ def test_combine_group_maps_hand_computed():
     c[0, 0, 0] = 1.0
     cams = combine_group_maps({"c": c, "z": torch.zeros(1, 2, 2)}, 2)
     assert cams[0, 0, 0].item() == pytest.approx(1.0) and cams[0, 1, 1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fp16_capture_equals_the_original_fp16_softmax(fresh_components):
+    """In float16 the captured map is the head mean of float16 probabilities computed as the original's
+    attention did (fp16 baddbmm with alpha = scale, fp16 softmax, no upcast in SD-1.4), not of float32 ones."""
+    unet = fresh_components.unet.half()
+    x, t, cond = _inputs(fresh_components)
+    x, cond = x.half(), cond.half()
+    attn = unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    assert not attn.upcast_attention and not attn.upcast_softmax  # as SD-1.4's UNet config
+    seen = {}
+
+    def keep_input(module, args, kwargs):
+        seen["h"] = args[0] if args else kwargs["hidden_states"]
+
+    hook = attn.register_forward_pre_hook(keep_input, with_kwargs=True)
+    try:
+        with torch.no_grad(), capture_cross_attention(unet, TOKEN, GROUPS, (16, 16)) as store:
+            unet(x, t, cond)
+            got = store.group_maps()["mid"]
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        heads, n = attn.heads, 2
+        q = attn.to_q(seen["h"])
+        k = attn.to_k(cond)
+        d = q.shape[-1] // heads
+        q = q.view(n, -1, heads, d).transpose(1, 2).reshape(n * heads, -1, d)
+        k = k.view(n, -1, heads, d).transpose(1, 2).reshape(n * heads, -1, d)
+        scores = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=torch.float16), q,
+                               k.transpose(-1, -2), beta=0, alpha=attn.scale)
+        probs16 = scores.softmax(-1)
+        probs32 = scores.float().softmax(-1)
+    assert scores.dtype == probs16.dtype == torch.float16
+    expected = probs16[..., TOKEN].view(n, heads, -1).float().mean(1).reshape(n, 2, 2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    upcast = probs32[..., TOKEN].view(n, heads, -1).mean(1).reshape(n, 2, 2)
+    assert 0 < (got - upcast).abs().max() < 1e-3  # fp16 rounding of the probabilities is kept
+
+
+class _DtypeRecorder(ExplicitAttentionProcessor):
+    def __init__(self, seen):
+        self.seen = seen
+
+    def record(self, probs, length):
+        self.seen.append(probs.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_explicit_processor_keeps_the_working_dtype(fresh_components, dtype):
+    unet = fresh_components.unet.to(dtype)
+    x, t, cond = _inputs(fresh_components)
+    attn = unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    seen, default = [], attn.processor
+    with torch.no_grad():
+        expected = unet(x.to(dtype), t, cond.to(dtype)).sample
+        attn.set_processor(_DtypeRecorder(seen))
+        try:
+            got = unet(x.to(dtype), t, cond.to(dtype)).sample
+        finally:
+            attn.set_processor(default)
+    assert seen == [dtype]
+    assert got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), expected.float(), atol=tol, rtol=tol)

@@ -92,7 +92,7 @@ def test_imagenet_fixture_and_parquet_schema(tmp_path):
     c = back.classes
     assert c["wnid"].tolist() == ["n01440764", "n01443537"]
     assert c["name"].tolist() == ["tench", "goldfish"]
-    assert c["meta_token"].tolist() == ["ch", "goldfish"]        # SPEC: last sub-token when no single-token synonym
+    assert c["meta_token"].tolist() == ["ch", "goldfish"]        # docs/method.md: last sub-token when no single-token synonym
     assert c["concept_token"].tolist() == ["<imagenet-0>", "<imagenet-1>"]
     assert c["synonyms"][0] == "tench, Tinca tinca"
     import pyarrow.parquet as pq

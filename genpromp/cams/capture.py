@@ -7,8 +7,12 @@ matching class names. A layer belongs to a :class:`CamGroup` when its block type
 ``blocks`` and its query length is ``(latent_h / downsample) * (latent_w / downsample)``.
 
 The capturing processor computes explicit probabilities ``softmax(Q Kᵀ · scale)`` over the text tokens
-(in float32), keeps only the column of the token index averaged over heads, and returns the same hidden
-states as the default processor. With ``early_exit=True`` the processor of the last needed layer raises a
+with the layer's own ``get_attention_scores`` (the classic diffusers arithmetic the original ran: one
+``baddbmm`` with ``alpha = scale`` and a softmax in the layer's working dtype, upcast only where the layer's
+``upcast_attention`` / ``upcast_softmax`` flags say so; both are off in SD-1.4). In float16 inference the
+probabilities are therefore computed and rounded in float16 exactly like the original's
+(docs/method.md § Inference precision). It keeps only the column of the token index, averaged over heads
+in float32, and returns the same hidden states as the default processor. With ``early_exit=True`` the processor of the last needed layer raises a
 private exception after recording, so :func:`run_unet_capture` stops the UNet there (the rest of the up
 path, which is the most expensive part at high resolution, is never run).
 
@@ -148,7 +152,7 @@ class _StopUNet(Exception):
 class CaptureStore:
     """Per-group running sums of token-index maps.
 
-    ``add(group, maps)`` takes float32 [N, L] (already averaged over heads); ``group_maps()`` returns
+    ``add(group, maps)`` takes [N, L] (already averaged over heads; summed in float32); ``group_maps()`` returns
     ``{name: float32 [N, h, w]}``, each the mean over the group's layers of what was added since the last
     ``reset()``. h, w = latent size / downsample.
     """
@@ -183,9 +187,10 @@ class CaptureStore:
 
 
 class ExplicitAttentionProcessor:
-    """Base attention processor that computes ``softmax(Q Kᵀ·scale)`` explicitly (float32) and hands the
-    probabilities [B, heads, L, K] to :meth:`record` before finishing the layer exactly as diffusers'
-    default processor does (same output hidden states, without the fused kernel). Subclasses record."""
+    """Base attention processor that computes ``softmax(Q Kᵀ·scale)`` explicitly with the layer's
+    ``get_attention_scores`` (its working dtype and upcast flags) and hands the probabilities
+    [B, heads, L, K] to :meth:`record` before finishing the layer as diffusers' classic processor does
+    (``probs @ V`` in the working dtype, same output projection). Subclasses record."""
 
     def record(self, probs, length):
         raise NotImplementedError
@@ -217,11 +222,12 @@ class ExplicitAttentionProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
         if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
-            scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1]).float()
-        probs = scores.softmax(dim=-1)  # [B, heads, L, 77]
+            attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
+        n_keys = key.shape[2]
+        probs = attn.get_attention_scores(query.reshape(batch * attn.heads, length, head_dim),
+                                          key.reshape(batch * attn.heads, n_keys, head_dim), attention_mask)
+        probs = probs.view(batch, attn.heads, length, n_keys)  # [B, heads, L, 77], dtype of the query
         self.record(probs, length)
         hidden_states = torch.matmul(probs.to(value.dtype), value)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
@@ -237,8 +243,9 @@ class ExplicitAttentionProcessor:
 class TokenCaptureProcessor(ExplicitAttentionProcessor):
     """Attention processor that records ``softmax(Q Kᵀ·scale)[..., token_index]`` averaged over heads.
 
-    Output hidden states equal the default processor's (explicit softmax in float32 instead of the fused
-    kernel). ``stop`` = raise :class:`_StopUNet` after recording (the last layer the CAM needs).
+    Output hidden states equal the default processor's up to rounding (explicit softmax instead of the
+    fused kernel). The head average is taken in float32 from the probabilities as computed (float16 ones
+    in fp16 inference). ``stop`` = raise :class:`_StopUNet` after recording (the last layer the CAM needs).
     """
 
     def __init__(self, store, group_index, token_index, expected_len, stop=False):
@@ -252,7 +259,7 @@ class TokenCaptureProcessor(ExplicitAttentionProcessor):
         if length != self.expected_len:
             raise GenprompError(f"capture: a layer expected {self.expected_len} queries but got {length}; the "
                                 "latent size given to capture_cross_attention does not match the UNet input")
-        self.store.add(self.group_index, probs[..., self.token_index].mean(dim=1))
+        self.store.add(self.group_index, probs[..., self.token_index].float().mean(dim=1))
         if self.stop:
             raise _StopUNet()
 

@@ -1,4 +1,4 @@
-"""CAM extraction: the product's hot path (SPEC.md § Inference — CAMs).
+"""CAM extraction: the product's hot path (docs/method.md § CAM extraction).
 
 Per batch of test images: VAE-encode once (posterior sample with a per-image generator), one noise tensor
 per image (derived from (seed, image id), so results do not depend on batch size, sharding or order), then
@@ -7,6 +7,10 @@ capturing processors on the cross-attention layers that feed the CAM groups and 
 last of them. Group maps are averaged over timesteps, heads and layers, resized bicubically to
 ``cam_size``, averaged over groups and divided by their maximum. Class text embeddings come from the run's
 ``embeddings.safetensors`` (computed once per run). Output: one CAM cache shard (docs/FORMATS.md).
+
+Precision (``test.inference_precision``, docs/method.md § Inference precision): the VAE and UNet run in
+float16 or float32 (``auto`` = float16 on CUDA as the original, float32 elsewhere); the text embeddings
+are always float32 and cast to the UNet's dtype, as in the original.
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ import torch
 from PIL import Image
 
 from ..data.images import read_rgb
-from ..errors import GenprompError, InputError
+from ..errors import ConfigError, GenprompError, InputError
 from ..io import resolve_inside
 from .cache import roles_for_mode, write_cam_shard
 from .capture import capture_cross_attention, combine_group_maps, groups_from_config, run_unet_capture
 from .embeddings import combine_embeddings, read_embeddings
 
 __all__ = [
-    "VARIANT_RE", "CamSettings", "ImageRecord", "parse_variant", "settings_from_config", "choose_device", "place_module",
+    "VARIANT_RE", "PRECISIONS", "CamSettings", "ImageRecord", "parse_variant", "settings_from_config",
+    "resolve_precision", "choose_device", "place_module",
     "image_generator", "load_test_image", "TestImages", "iter_batches", "encode_latents_and_noise",
     "plan_prompts", "compute_pair_cams", "extract_cams", "shard_records", "read_top5", "extract_shard",
     "register_cli",
@@ -42,7 +47,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VARIANT_RE = re.compile(r"^(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9.]+)_t(?P<ts>[0-9-]+)$")
-_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Values of test.inference_precision.
+PRECISIONS = ("auto", "fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,8 @@ class CamSettings:
     resolution: test image side (px); timesteps: tuple of int; cam_size: stored map side; groups: tuple of
     CamGroup; token_index: class-word position; mode: gtk | top1 | top5; ratio: w; seed: global seed;
     batch_size: images per batch; max_pairs: (image, class) prompts per UNet call (× timesteps);
-    mixed_precision: "no" | "fp16" | "bf16" (GPU only); num_workers: loader processes (0 = thread);
-    early_exit: stop the UNet after the last needed layer.
+    precision: VAE/UNet precision, one of PRECISIONS (see :func:`resolve_precision`); num_workers: loader
+    processes (0 = thread); early_exit: stop the UNet after the last needed layer.
     """
 
     resolution: int
@@ -66,7 +72,7 @@ class CamSettings:
     seed: int = 0
     batch_size: int = 8
     max_pairs: int = 16
-    mixed_precision: str = "no"
+    precision: str = "auto"
     num_workers: int = 0
     early_exit: bool = True
 
@@ -96,20 +102,41 @@ def settings_from_config(config, mode, ratio, timesteps, token_index):
         resolution=int(test["resolution"]), timesteps=tuple(int(t) for t in timesteps),
         cam_size=int(test["cam_size"]), groups=groups_from_config(test["cam_groups"]), token_index=int(token_index),
         mode=mode, ratio=float(ratio), seed=int(config["seed"]), batch_size=int(test["batch_size"]),
-        max_pairs=2 * int(test["batch_size"]), mixed_precision=config["compute"]["mixed_precision"],
+        max_pairs=2 * int(test["batch_size"]), precision=str(test["inference_precision"]),
         num_workers=int(config["compute"]["num_workers"]),
     )
 
 
-def choose_device(mixed_precision="no"):
-    """(device, dtype): the machine's accelerator when one is available, else CPU; mixed precision
-    only on an accelerator (CPU stays fp32)."""
+def resolve_precision(precision, device):
+    """The VAE/UNet dtype for ``test.inference_precision`` on ``device``.
+
+    auto: float16 on CUDA (what the original ran), float32 on any other device; fp32: float32;
+    fp16: float16 on an accelerator. fp16 on the CPU raises ConfigError instead of silently running
+    something else: the run's cache key says fp16, so its maps must be fp16 maps (and fp16 on the CPU is
+    many times slower than fp32).
+    """
+    device = torch.device(device)
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision == "fp32":
+        return torch.float32
+    if precision == "fp16":
+        if device.type == "cpu":
+            raise ConfigError("test.inference_precision is fp16 but this job runs on the CPU (no accelerator "
+                              "found); use auto (float16 on CUDA, float32 on the CPU) or fp32, or run the job "
+                              "on a GPU")
+        return torch.float16
+    raise ConfigError(f"test.inference_precision is {precision!r}; use one of {', '.join(PRECISIONS)}")
+
+
+def choose_device(precision="auto"):
+    """(device, dtype): the machine's accelerator when one is available, else the CPU, and the VAE/UNet
+    dtype that ``precision`` (a value of test.inference_precision) gives there."""
     if torch.accelerator.is_available():
         device = torch.accelerator.current_accelerator()
     else:
         device = torch.device("cpu")
-    dtype = _DTYPES[mixed_precision] if device.type != "cpu" else torch.float32
-    return device, dtype
+    return device, resolve_precision(precision, device)
 
 
 def place_module(module, device, dtype):
@@ -179,10 +206,13 @@ def iter_batches(records, resolution, batch_size, num_workers=0):
 
 @torch.no_grad()
 def encode_latents_and_noise(vae, pixels, image_ids, seed):
-    """Latents = posterior sample × scaling factor, and the add_noise noise, both float32 [B, 4, h, w].
+    """Latents = posterior sample × scaling factor [B, 4, h, w] in the VAE's dtype, and the add_noise
+    noise, float32 [B, 4, h, w].
 
-    Each image's posterior ε and noise are drawn (in that order) from :func:`image_generator`, on CPU, so
-    they do not depend on the device, the batch or its order.
+    As in the original, the sample ``mean + std · ε`` and its scaling are computed in the VAE's dtype
+    (float16 in fp16 inference) while the noise stays float32. Each image's posterior ε and noise are
+    drawn (in that order, float32) from :func:`image_generator`, on CPU, so they do not depend on the
+    device, the batch or its order.
     """
     dist = vae.encode(pixels).latent_dist
     shape = tuple(dist.mean.shape[1:])
@@ -191,8 +221,8 @@ def encode_latents_and_noise(vae, pixels, image_ids, seed):
         g = image_generator(seed, iid)
         eps.append(torch.randn(shape, generator=g))
         noise.append(torch.randn(shape, generator=g))
-    eps = torch.stack(eps).to(dist.mean.device, torch.float32)
-    latents = (dist.mean.float() + dist.std.float() * eps) * vae.config.scaling_factor
+    eps = torch.stack(eps).to(dist.mean.device, dist.mean.dtype)
+    latents = (dist.mean + dist.std * eps) * vae.config.scaling_factor
     return latents, torch.stack(noise).to(latents.device)
 
 
@@ -226,9 +256,11 @@ def plan_prompts(mode, labels, top5=None):
 def compute_pair_cams(unet, scheduler, latents, noise, cond, pair_image, settings, dtype=torch.float32):
     """CAMs of P prompts: float32 [P, S, S] (S = settings.cam_size), each max-normalised, clamped ≥ 0.
 
-    latents, noise: float32 [B, 4, h, w]; cond: float32 [P, 77, D] (f_c per prompt); pair_image: int64 [P]
-    (image position of each prompt). All timesteps of a chunk of ≤ max_pairs prompts go through one UNet
-    call of batch T × chunk.
+    latents: [B, 4, h, w] in the VAE's dtype; noise: float32 [B, 4, h, w]; cond: float32 [P, 77, D] (f_c
+    per prompt); pair_image: int64 [P] (image position of each prompt); dtype: the UNet's dtype. All
+    timesteps of a chunk of ≤ max_pairs prompts go through one UNet call of batch T × chunk. The noisy
+    latents are formed as the original does (``add_noise`` with the scheduler's coefficients in the
+    latents' dtype, float32 noise) and then cast to ``dtype``.
     """
     device = latents.device
     latent_hw = tuple(latents.shape[-2:])
@@ -252,10 +284,13 @@ def compute_pair_cams(unet, scheduler, latents, noise, cond, pair_image, setting
 def extract_cams(comps, emb, records, settings, device=None, dtype=None, progress=None):
     """CAMs of ``records`` (list of ImageRecord) → (image_ids [N], class_ids int32 [N, K], cams float32 [N,K,S,S]).
 
-    comps: SDComponents (vae, unet, scheduler used); emb: ClassEmbeddings of the run.
+    comps: SDComponents (vae, unet, scheduler used); emb: ClassEmbeddings of the run. device / dtype
+    default to :func:`choose_device` (``settings.precision``); pass both to run e.g. float16 on the CPU.
     """
     if device is None:
-        device, dtype = choose_device(settings.mixed_precision)
+        device, dtype = choose_device(settings.precision)
+    elif dtype is None:
+        dtype = resolve_precision(settings.precision, device)
     vae, unet = place_module(comps.vae, device, dtype), place_module(comps.unet, device, dtype)
     records = list(records)
     all_slots, all_cams = [], []
@@ -318,6 +353,7 @@ def extract_shard(config, dataset, variant, shard, index_path, embeddings_path, 
     mode, ratio, timesteps = parse_variant(variant)
     if mode != "gtk" and scores_path is None:
         raise GenprompError(f"variant {variant}: mode {mode} needs classifier scores (datasets.{dataset}.classifier)")
+    device, dtype = choose_device(config["test"]["inference_precision"])  # refuses fp16 on a CPU before loading
     comps = load_components(config["pretrained"], unet_path=unet_path)
     settings = settings_from_config(config, mode, ratio, timesteps, token_index(comps.tokenizer))
     top5 = read_top5(scores_path) if mode != "gtk" else None
@@ -326,8 +362,10 @@ def extract_shard(config, dataset, variant, shard, index_path, embeddings_path, 
     records = shard_records(index_path, image_root_for(config["datasets"][dataset]), shard,
                             config["test"]["shard_size"], top5)
     emb = read_embeddings(embeddings_path)
+    log.info("shard %s: test.inference_precision %s -> VAE and UNet in %s on %s", shard, settings.precision,
+             str(dtype).removeprefix("torch."), device)
     start = time.perf_counter()
-    ids, class_ids, cams = extract_cams(comps, emb, records, settings)
+    ids, class_ids, cams = extract_cams(comps, emb, records, settings, device, dtype)
     log.info("shard %s: %d images in %.1f s", shard, len(ids), time.perf_counter() - start)
     return write_cam_shard(out_path, ids, class_ids, cams)
 

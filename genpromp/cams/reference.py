@@ -5,8 +5,10 @@ store-everything processor on every attention layer (self- and cross-attention) 
 probability tensors [B·heads, L, keys] of every layer, the full UNet runs once per timestep, the text
 encoder runs on every template's captions for every batch and role, and ``diffusion_cam`` aggregates the
 maps (per group: concatenate the layers' heads, take the token column, mean, ``cv2.resize`` INTER_CUBIC,
-average the groups, divide by the maximum). The one fix over the original: attention is hooked through the
-processor API instead of the class name ``CrossAttention``. Not optimised on purpose.
+average the groups, divide by the maximum). Probabilities come from the layer's ``get_attention_scores``
+and are stored and summed in the UNet's dtype, as in the original (float16 tensors in fp16 inference). The
+one fix over the original: attention is hooked through the processor API instead of the class name
+``CrossAttention``. Not optimised on purpose.
 """
 
 from __future__ import annotations
@@ -134,8 +136,9 @@ def reference_batch_cams(comps, latents, noise, labels, top5, settings, concept_
     """CAMs of one batch, original loop: float32 numpy [B, K, S, S] in the mode's slot order.
 
     comps: SDComponents whose tokenizer / text encoder already hold the concept tokens;
-    latents, noise: float32 [B, 4, h, w] (shared with the fast path); labels: [B]; top5: [B, 5] or None;
-    concept_tokens / meta_words: per class id. ``settings`` is a CamSettings.
+    latents: [B, 4, h, w] in the VAE's dtype, noise: float32 [B, 4, h, w] (both shared with the fast path);
+    labels: [B]; top5: [B, 5] or None; concept_tokens / meta_words: per class id. ``settings`` is a
+    CamSettings; dtype: the UNet's dtype (the text conditioning is computed in float32 and cast to it).
     """
     unet, scheduler = comps.unet, comps.scheduler
     bz, latent_hw = latents.shape[0], tuple(latents.shape[-2:])

@@ -18,7 +18,7 @@ from ..io import atomic_dir
 __all__ = ["create_tiny_components", "save_components", "build_tiny_model", "SD14_SCHEDULER",
            "SD14_SCALING_FACTOR", "SD14_BLOCK_TYPES", "register_cli"]
 
-# SD-1.4's noise schedule (SPEC.md § Models).
+# SD-1.4's noise schedule (docs/method.md § Models).
 SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                       beta_schedule="scaled_linear", clip_sample=False)
 SD14_SCALING_FACTOR = 0.18215
