@@ -3,7 +3,11 @@
 No model hub is reachable, so the real CLIP tokenizer is rebuilt from the
 ``bpe_simple_vocab_16e6.txt.gz`` file shipped inside the ``open-clip-torch`` wheel, and the
 1000 ILSVRC class descriptions from ``imagenet_synsets.txt`` + ``imagenet_synset_to_lemma.txt``
-inside the ``timm`` wheel. Both files are checked against pinned SHA-256 sums.
+inside the ``timm`` wheel (the BPE file is checked against a pinned SHA-256 sum).
+
+Neither is needed offline: a real SD folder ships its own ``tokenizer/``, which the workflow then
+indexes with, and the demo's class names can come from an existing ``LOC_synset_mapping.txt``
+(config ``demo.synset_mapping``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from .io import atomic_dir, atomic_path
 
 __all__ = [
     "OPEN_CLIP_WHEEL", "TIMM_WHEEL", "BPE_SHA256", "download_wheel", "extract_member",
-    "build_clip_tokenizer", "build_synset_mapping", "bytes_to_unicode", "register_cli",
+    "build_clip_tokenizer", "build_synset_mapping", "bytes_to_unicode", "ASSET_PARTS", "build_assets",
+    "register_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,20 +127,36 @@ def build_synset_mapping(synsets_text, lemma_text, out_path):
     return Path(out_path)
 
 
-def build_assets(out_root, wheel_dir=None):
-    """Download both wheels (if not cached) and build the tokenizer folder and the synset mapping."""
+ASSET_PARTS = ("tokenizer", "synsets")
+
+
+def build_assets(out_root, wheel_dir=None, parts=ASSET_PARTS):
+    """Build ``out_root/clip_tokenizer/`` (part ``tokenizer``, from the open-clip-torch wheel) and
+    ``out_root/LOC_synset_mapping.txt`` (part ``synsets``, from the timm wheel); wheels are
+    downloaded only when not already in ``wheel_dir``."""
     out_root = Path(out_root)
     wheel_dir = Path(wheel_dir or out_root / "wheels")
-    clip_wheel = download_wheel(OPEN_CLIP_WHEEL, wheel_dir)
-    build_clip_tokenizer(extract_member(clip_wheel, BPE_MEMBER, BPE_SHA256), out_root / "clip_tokenizer")
-    timm_wheel = download_wheel(TIMM_WHEEL, wheel_dir)
-    build_synset_mapping(extract_member(timm_wheel, SYNSETS_MEMBER).decode(),
-                         extract_member(timm_wheel, LEMMA_MEMBER).decode(), out_root / "LOC_synset_mapping.txt")
+    unknown = set(parts) - set(ASSET_PARTS)
+    if unknown:
+        raise GenprompError(f"unknown asset parts {sorted(unknown)}; choose from {list(ASSET_PARTS)}")
+    if "tokenizer" in parts:
+        clip_wheel = download_wheel(OPEN_CLIP_WHEEL, wheel_dir)
+        build_clip_tokenizer(extract_member(clip_wheel, BPE_MEMBER, BPE_SHA256), out_root / "clip_tokenizer")
+    if "synsets" in parts:
+        timm_wheel = download_wheel(TIMM_WHEEL, wheel_dir)
+        build_synset_mapping(extract_member(timm_wheel, SYNSETS_MEMBER).decode(),
+                             extract_member(timm_wheel, LEMMA_MEMBER).decode(), out_root / "LOC_synset_mapping.txt")
     return out_root
 
 
 def register_cli(sub):
-    p = sub.add_parser("assets", help="build the CLIP tokenizer and LOC_synset_mapping.txt from PyPI wheels")
+    p = sub.add_parser("assets", help="build the CLIP tokenizer and LOC_synset_mapping.txt from PyPI wheels",
+                       description="Download the open-clip-torch and timm wheels (pip download, no install) and "
+                                   "build OUT/clip_tokenizer/ and OUT/LOC_synset_mapping.txt from files inside "
+                                   "them. Not needed when the pretrained SD folder has its own tokenizer/ and no "
+                                   "demo data are generated.")
     p.add_argument("--out", default="resources/assets", help="output folder (default: %(default)s)")
     p.add_argument("--wheels", default=None, help="folder with downloaded wheels (default: OUT/wheels)")
-    p.set_defaults(func=lambda a: build_assets(a.out, a.wheels))
+    p.add_argument("--parts", nargs="+", choices=ASSET_PARTS, default=list(ASSET_PARTS),
+                   help="what to build (default: both)")
+    p.set_defaults(func=lambda a: build_assets(a.out, a.wheels, a.parts))

@@ -34,11 +34,19 @@ COMMANDS = (
     ("train-unet", "genpromp.training.stage2", "stage 2: finetune the UNet with the learned concept tokens"),
     ("convert-tokens", "genpromp.training.checkpoints",
      "convert original tokens/{id}.bin files to a genpromp token table"),
+    ("embeddings", "genpromp.cams.embeddings",
+     "compute a run's class text embeddings f_r and f_d (before extract-cams)"),
     ("extract-cams", "genpromp.cams.extract", "extract one shard of cross-attention CAMs into the CAM cache"),
+    ("cam-index", "genpromp.cams.cache", "write a CAM cache's index.parquet from its shard files"),
     ("evaluate", "genpromp.evaluation.evaluate",
      "score a CAM cache (TS-CAM protocol + wsolevaluation MaxBoxAccV2)"),
     ("evaluate-merge", "genpromp.evaluation.evaluate", "merge evaluation parts into per_image.parquet + summary.json"),
     ("tables", "genpromp.evaluation.tables", "paper tables (CSV, Markdown, PNG) from evaluation summaries"),
+    ("localize", "genpromp.localize", "localize a class in your own images (heat map, boxes, overlay)"),
+    ("import-wsol-maps", "genpromp.cams.wsol_maps", "import wsolevaluation .npy score maps into a CAM cache"),
+    ("export-wsol-maps", "genpromp.cams.wsol_maps", "export a CAM cache as wsolevaluation .npy score maps"),
+    ("export-tokens", "genpromp.textual_inversion",
+     "export learned concept tokens as diffusers textual-inversion files"),
 )
 # Modules that contribute sub-commands, in the order of the pipeline.
 COMMAND_MODULES = tuple(dict.fromkeys(module for _, module, _ in COMMANDS))

@@ -176,26 +176,64 @@ def test_index_cli_accepts_non_rgb_images(tmp_path, capsys, mode):
     assert pixels.shape == (3, 64, 64) and pixels.dtype == torch.float32 and torch.isfinite(pixels).all()
 
 
-@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "dotdot inside"])
 def test_index_cli_refuses_paths_outside_root(tmp_path, capsys, how):
-    """An image path in images.txt that escapes the dataset root (../, absolute, symlink) is refused."""
+    """An image path in images.txt that escapes the dataset root (../, absolute) is refused, even when
+    the ../ would lead back inside."""
     outside = make_jpeg(tmp_path / "secret" / "x.jpg", 50, 20, 7)
-    entry = {"dotdot": "../../secret/x.jpg", "absolute": str(outside), "symlink": "001.Red_Bird/link.jpg"}[how]
+    entry = {"dotdot": "../../secret/x.jpg", "absolute": str(outside),
+             "dotdot inside": "001.Red_Bird/../002.Blue_Jay/Blue_Jay_0003.jpg"}[how]
     root = write_cub_fixture(tmp_path / "CUB", images_text="1 001.Red_Bird/Red_Bird_0001.jpg\n"
                              f"2 {entry}\n3 002.Blue_Jay/Blue_Jay_0003.jpg\n")
-    if how == "symlink":
-        (root / "images" / entry).symlink_to(outside)
     out = tmp_path / "index"
     config = write_config(tmp_path, {"cub": cub_entry(root)})
     assert_refused(capsys, index_argv(config, out), index_outputs(out), r"images\.txt, line 2",
-                   r"must not contain '\.\.'|resolves outside")
+                   r"must be relative to .* and must not contain '\.\.'")
+
+
+@pytest.mark.parametrize("how", ["images folder", "one image"])
+def test_symlinked_images_are_inside_the_root(tmp_path, capsys, how):
+    """A dataset whose images/ folder (or one image) is a symlink to another disk is indexed, and the
+    training and CAM stages open its images through the same path check (lexical containment)."""
+    from genpromp.cams.extract import shard_records
+    from genpromp.errors import InputError
+    from genpromp.io import resolve_inside
+    from genpromp.training.data import load_training_table
+
+    root = write_cub_fixture(tmp_path / "CUB")
+    elsewhere = tmp_path / "other_disk"
+    if how == "images folder":
+        (root / "images").rename(elsewhere)
+        (root / "images").symlink_to(elsewhere, target_is_directory=True)
+        rel = "001.Red_Bird/Red_Bird_0001.jpg"
+    else:
+        rel = "002.Blue_Jay/Blue_Jay_0003.jpg"
+        target = elsewhere / "x.jpg"
+        target.parent.mkdir()
+        (root / "images" / rel).rename(target)
+        (root / "images" / rel).symlink_to(target)
+    out = tmp_path / "index"
+    config = write_config(tmp_path, {"cub": cub_entry(root)})
+    rc = cli_main([str(a) for a in index_argv(config, out)])
+    assert rc == 0, capsys.readouterr().err
+    paths = set(pd.read_parquet(out / "train.parquet")["path"]) | set(pd.read_parquet(out / "test.parquet")["path"])
+    assert f"images/{rel}" in paths
+    # CAM extraction (test split) and training (train split) accept the same paths
+    test_files = [r.path for r in shard_records(out / "test.parquet", root, 0, 10)]
+    table = load_training_table(out / "train.parquet", out / "classes.parquet", root, class_ids=[0])
+    train_files = [str(p) for paths in table.images.values() for p in paths]
+    assert sorted(test_files + train_files) == sorted(str(root.absolute() / p) for p in paths)
+    full = resolve_inside(root, f"images/{rel}", out / "test.parquet")
+    assert full == root.absolute() / "images" / rel and read_rgb(full).ndim == 3
+    with pytest.raises(InputError, match="must not contain"):
+        resolve_inside(root, "images/../../other_disk/x.jpg")
 
 
 # ----------------------------------------------------------------------------- config
 
 BAD_CONFIGS = {
     "unknown key": ({"test": {"combne_ratio": 0.5}}, r"unknown config key test\.combne_ratio"),
-    "wrong type": ({"test": {"batch_size": "eight"}}, r"config key test\.batch_size: 'eight' is not of type 'integer'"),
+    "wrong type": ({"test": {"batch_size": "eight"}}, r"config key test\.batch_size is the string 'eight'; expected integer"),
     "threshold out of range": ("cam_thr", r"config key datasets\.cub\.cam_thr: 1\.5 is greater than the maximum of 1"),
     "ratio out of range": ({"test": {"combine_ratio": -0.2}}, r"config key test\.combine_ratio: -0\.2 is less than"),
     "ratio list out of range": ({"test": {"combine_ratios": [0.0, 1.2]}}, r"config key test\.combine_ratios\.1: 1\.2"),

@@ -156,7 +156,7 @@ def test_resolve_precision_per_device():
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert resolve_precision("auto", cpu) == torch.float32
     assert resolve_precision("auto", cuda) == torch.float16  # the original's inference
-    assert resolve_precision("auto", mps) == torch.float32
+    assert resolve_precision("auto", mps) == torch.float16  # any accelerator runs as the original's GPU did
     assert resolve_precision("fp32", cuda) == torch.float32
     assert resolve_precision("fp16", cuda) == torch.float16
     with pytest.raises(ConfigError, match="test.inference_precision is fp16 but this job runs on the CPU"):

@@ -188,3 +188,53 @@ def test_command_line_strings_are_read_as_the_schema_type():
     assert config["train_unet"]["enabled"] is False
     with pytest.raises(ConfigError, match="test.batch_size"):
         load_config(REPO / "config" / "config.yaml", {"test": {"batch_size": "3.5"}})
+
+
+def test_gitignore_covers_the_real_data_layout(tmp_path):
+    """data/ and ckpts/ (where the README puts real datasets and weights) are ignored; a file of the same
+    name deeper in the tree is not (the patterns are anchored)."""
+    import subprocess
+
+    def ignored(path):
+        return subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", path]).returncode == 0
+
+    assert ignored("data/CUB_200_2011/images.txt") and ignored("ckpts/pretrains/stable-diffusion-v1-4/unet/x")
+    assert not ignored("genpromp/data/indexing.py") and not ignored("docs/ckpts/x.md")
+
+
+def test_atomic_outputs_get_umask_permissions(tmp_path):
+    """Tokens, run embeddings and a saved UNet folder (safetensors writes 0600 files, mkdtemp 0700 folders)
+    end up 0644 / 0755 under umask 022, like any file the user creates."""
+    import os
+    import stat
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from genpromp.cams.cache import write_cam_shard
+    from genpromp.cams.embeddings import ClassEmbeddings, write_embeddings
+    from genpromp.io import atomic_dir
+    from genpromp.training.checkpoints import save_tokens
+
+    old = os.umask(0o022)
+    try:
+        tokens = save_tokens(tmp_path / "tokens" / "tokens.safetensors", [0, 1], ["<a-0>", "<a-1>"], torch.zeros(2, 8))
+        emb = write_embeddings(tmp_path / "run" / "embeddings.safetensors",
+                               ClassEmbeddings(torch.zeros(2, 77, 8), torch.zeros(2, 77, 8), torch.tensor([0, 1])))
+        shard = tmp_path / "cams" / "shard-00000.npz"
+        write_cam_shard(shard, ["a"], [[0]], torch.zeros(1, 1, 4, 4).numpy().astype("float16"))
+        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
+                                    cross_attention_dim=8, attention_head_dim=2,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+        with atomic_dir(tmp_path / "unet") as tmp:  # as stage 2 writes the finetuned UNet
+            unet.save_pretrained(tmp)
+            (tmp / "sub").mkdir(mode=0o700)
+    finally:
+        os.umask(old)
+    files = [Path(tokens), Path(emb), shard] + [p for p in (tmp_path / "unet").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in (tmp_path / "unet").iterdir())
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
+    for folder in [tmp_path / "unet", tmp_path / "unet" / "sub"]:
+        assert oct(stat.S_IMODE(folder.stat().st_mode)) == "0o755"

@@ -29,7 +29,7 @@ from ..io import atomic_path
 __all__ = [
     "MODE_ROLES", "INDEX_NAME", "CamShard", "CamCache",
     "roles_for_mode", "shard_filename", "shard_number", "validate_cams",
-    "write_cam_shard", "read_cam_shard", "cam_index_rows", "write_cam_index",
+    "write_cam_shard", "read_cam_shard", "cam_index_rows", "write_cam_index", "register_cli",
 ]
 
 MODE_ROLES = {
@@ -283,3 +283,41 @@ class CamCache:
         for k in self.shard_numbers():
             shard = self.load_shard(k)
             yield k, shard, self.index[self.index["shard"] == k]
+
+
+_VARIANT_MODE_RE = re.compile(r"^(gtk|top1|top5)_w")
+
+
+def _index_cli(args):
+    folder = Path(args.folder)
+    mode = args.mode
+    if mode is None:
+        match = _VARIANT_MODE_RE.match(folder.name)
+        if match is None:
+            raise InputError(folder, "cannot tell the CAM mode from the folder name (expected a variant name such "
+                                     "as top1_w0.60_t0-99); pass --mode gtk|top1|top5")
+        mode = match.group(1)
+    shards = sorted(folder.glob("shard-*.npz"), key=shard_number) if folder.is_dir() else []
+    if not shards:
+        raise InputError(folder, "no shard-<k>.npz files here; run `genpromp extract-cams` for every shard first")
+    numbers = [shard_number(p) for p in shards]
+    if args.shards is not None and numbers != list(range(args.shards)):
+        missing = sorted(set(range(args.shards)) - set(numbers))
+        raise InputError(folder, f"expected shards 0..{args.shards - 1}; missing {missing[:10]}"
+                                 + (f", unexpected {sorted(set(numbers) - set(range(args.shards)))[:10]}"
+                                    if set(numbers) - set(range(args.shards)) else ""))
+    rows = write_cam_index(shards, folder / INDEX_NAME, roles_for_mode(mode))
+    print(f"{rows} index rows from {len(shards)} shards -> {folder / INDEX_NAME}")
+
+
+def register_cli(sub):
+    p = sub.add_parser("cam-index", help="write a CAM cache's index.parquet from its shard files",
+                       description="Read image_ids and class_ids of every shard-<k>.npz in FOLDER (maps not loaded) "
+                                   "and write FOLDER/index.parquet (docs/FORMATS.md § CAM cache), the step between "
+                                   "`genpromp extract-cams` and `genpromp evaluate`.")
+    p.add_argument("folder", help="CAM cache folder, e.g. results/<dataset>/<run>/cams/<variant>")
+    p.add_argument("--mode", choices=sorted(MODE_ROLES), default=None,
+                   help="CAM mode (default: read from the folder's variant name)")
+    p.add_argument("--shards", type=int, default=None,
+                   help="expected number of shards (ceil(test images / test.shard_size)); refuse a partial cache")
+    p.set_defaults(func=_index_cli)

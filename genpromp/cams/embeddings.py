@@ -1,6 +1,6 @@
 """Class text embeddings f_r (representative) and f_d (discriminative), computed once per run.
 
-SPEC.md § Prompts and tokens: f_r of a class = mean over the 7 templates of the text encoder's last
+docs/method.md § Prompts and tokens: f_r of a class = mean over the 7 templates of the text encoder's last
 hidden state for the concept-token captions; f_d = the same for the meta-token captions; both [77, D].
 The run's ``embeddings.safetensors`` holds ``f_r`` and ``f_d`` (float32 [C, 77, D]) and ``class_ids``
 (int64 [C]); CAM extraction mixes them per variant as f_c = w·f_r + (1−w)·f_d.
@@ -23,7 +23,7 @@ from ..prompts import TEMPLATES, add_concept_tokens, tokenize
 __all__ = [
     "ClassEmbeddings", "read_classes", "load_token_vectors", "install_concept_tokens",
     "encode_captions", "compute_class_embeddings", "write_embeddings", "read_embeddings", "combine_embeddings",
-    "build_run_embeddings",
+    "build_run_embeddings", "run_tokens", "register_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,3 +150,44 @@ def build_run_embeddings(pretrained, classes_path, tokens, out_path):
              out_path)
     return write_embeddings(out_path, emb, {"tokens": tokens, "templates": len(TEMPLATES)})
 
+
+
+def run_tokens(config, dataset, run, results="results"):
+    """What a run's ``tokens`` setting means for the embeddings: 'meta' or the token file / folder path
+    ('trained' = the dataset's merged stage-1 table ``<results>/<dataset>/tokens/tokens.safetensors``)."""
+    tokens = config["runs"][run]["tokens"]
+    if tokens == "trained":
+        return str(Path(results) / dataset / "tokens" / "tokens.safetensors")
+    return tokens
+
+
+def _cli(args):
+    from ..config import load_config
+    from ..errors import GenprompError
+
+    config = load_config(args.config)
+    for key, name in (("datasets", args.dataset), ("runs", args.run)):
+        if name not in config[key]:
+            raise GenprompError(f"{key[:-1]} {name!r} is not in {args.config} (have {sorted(config[key])})")
+    tokens = args.tokens or run_tokens(config, args.dataset, args.run, args.results)
+    classes = args.classes or Path(args.results) / args.dataset / "index" / "classes.parquet"
+    out = args.out or Path(args.results) / args.dataset / args.run / "embeddings.safetensors"
+    build_run_embeddings(args.pretrained or config["pretrained"], classes, tokens, out)
+
+
+def register_cli(sub):
+    p = sub.add_parser("embeddings", help="compute a run's class text embeddings f_r and f_d (before extract-cams)",
+                       description="Encode the 7 prompt templates with every class's concept token (f_r) and meta "
+                                   "token (f_d) and write <results>/<dataset>/<run>/embeddings.safetensors, the "
+                                   "--embeddings input of `genpromp extract-cams`. The run's tokens come from the "
+                                   "config (runs.<run>.tokens: trained | meta | a path).")
+    p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")
+    p.add_argument("--dataset", required=True, help="dataset name (a key of `datasets` in the config)")
+    p.add_argument("--run", required=True, help="run name (a key of `runs` in the config)")
+    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+    p.add_argument("--pretrained", default=None, help="SD folder (default: the config's `pretrained`)")
+    p.add_argument("--classes", default=None, help="class table (default: <results>/<dataset>/index/classes.parquet)")
+    p.add_argument("--tokens", default=None, help="'meta' or a token table / original tokens/ folder "
+                                                  "(default: from runs.<run>.tokens)")
+    p.add_argument("--out", default=None, help="output (default: <results>/<dataset>/<run>/embeddings.safetensors)")
+    p.set_defaults(func=_cli)

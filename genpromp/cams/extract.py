@@ -9,7 +9,7 @@ last of them. Group maps are averaged over timesteps, heads and layers, resized 
 ``embeddings.safetensors`` (computed once per run). Output: one CAM cache shard (docs/FORMATS.md).
 
 Precision (``test.inference_precision``, docs/method.md § Inference precision): the VAE and UNet run in
-float16 or float32 (``auto`` = float16 on CUDA as the original, float32 elsewhere); the text embeddings
+float16 or float32 (``auto`` = float16 on an accelerator as the original, float32 on the CPU); the text embeddings
 are always float32 and cast to the UNet's dtype, as in the original.
 """
 
@@ -110,20 +110,20 @@ def settings_from_config(config, mode, ratio, timesteps, token_index):
 def resolve_precision(precision, device):
     """The VAE/UNet dtype for ``test.inference_precision`` on ``device``.
 
-    auto: float16 on CUDA (what the original ran), float32 on any other device; fp32: float32;
+    auto: float16 on an accelerator (what the original ran on its GPUs), float32 on the CPU; fp32: float32;
     fp16: float16 on an accelerator. fp16 on the CPU raises ConfigError instead of silently running
     something else: the run's cache key says fp16, so its maps must be fp16 maps (and fp16 on the CPU is
     many times slower than fp32).
     """
     device = torch.device(device)
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return torch.float32 if device.type == "cpu" else torch.float16
     if precision == "fp32":
         return torch.float32
     if precision == "fp16":
         if device.type == "cpu":
             raise ConfigError("test.inference_precision is fp16 but this job runs on the CPU (no accelerator "
-                              "found); use auto (float16 on CUDA, float32 on the CPU) or fp32, or run the job "
+                              "found); use auto (float16 on an accelerator, float32 on the CPU) or fp32, or run the job "
                               "on a GPU")
         return torch.float16
     raise ConfigError(f"test.inference_precision is {precision!r}; use one of {', '.join(PRECISIONS)}")

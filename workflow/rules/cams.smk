@@ -24,9 +24,10 @@ rule embeddings:
         "logs/cams/{dataset}/{run}/embeddings.bench.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=measured("embeddings", "mem_mb"),
+        runtime=measured("embeddings", "runtime"),
         gpu=1,
+        gpu_mem_mb=measured("embeddings", "gpu_mem_mb"),
     script:
         "../scripts/embeddings.py"
 
@@ -51,9 +52,10 @@ rule extract_cams:
         "logs/cams/{dataset}/{run}/{variant}/shard-{shard}.bench.tsv"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=120,
+        mem_mb=measured("extract_cams", "mem_mb"),
+        runtime=measured("extract_cams", "runtime"),
         gpu=1,
+        gpu_mem_mb=measured("extract_cams", "gpu_mem_mb"),
     script:
         "../scripts/extract_cams.py"
 

@@ -40,7 +40,7 @@ for _name in METHOD_DATASETS:
 
 
 # Keys of a dataset entry that only matter after CAMs exist: changing them reruns evaluation only.
-EVAL_ONLY_DATASET_KEYS = ("cam_thr", "method")
+EVAL_ONLY_DATASET_KEYS = ("cam_thr", "method", "masks")
 # test.* keys that do not change the maps (the mode and ratio come from the variant name).
 MAP_NEUTRAL_TEST_KEYS = ("n_vis", "combine_ratios", "combine_ratio", "eval_modes")
 
@@ -125,7 +125,7 @@ def overlay_targets():
 
 
 TABLES = ["main.csv", "main.md", "combine_ratio.csv", "combine_ratio.png", "threshold_curve.csv",
-          "threshold_curve.png", "error_breakdown.csv", "error_breakdown.md"]
+          "threshold_curve.png", "error_breakdown.csv", "error_breakdown.md", "pr_curve.csv", "pr_curve.png"]
 
 
 def table_targets():
@@ -155,8 +155,23 @@ def data_demo_markers():
             for name, (layout, root) in _demo_dataset_targets(config).items()}
 
 
+def _has_tokenizer(folder):
+    return all((_DataPath(folder) / name).is_file() for name in ("vocab.json", "merges.txt"))
+
+
+# The CLIP tokenizer the index picks meta tokens with: a real SD folder's own tokenizer/ (no wheel
+# download, so an offline node can index), else the one the `assets` rule builds (the demo builds
+# its model from that one, so demo runs always use it).
+PRETRAINED_TOKENIZER = f"{config['pretrained']}/tokenizer"
+INDEX_TOKENIZER = (f"{PRETRAINED_TOKENIZER}/vocab.json"
+                   if not config["demo"]["enabled"] and _has_tokenizer(PRETRAINED_TOKENIZER) else DATA_TOKENIZER)
+# The 1000 ILSVRC class names the demo's ImageNet-layout dataset draws from: an existing file
+# (demo.synset_mapping) or the one the `assets_synsets` rule builds.
+DEMO_SYNSETS = config["demo"]["synset_mapping"] or DATA_SYNSETS
+
+
 def data_index_inputs(wildcards):
-    inputs = {"tokenizer": DATA_TOKENIZER}
+    inputs = {"tokenizer": INDEX_TOKENIZER}
     marker = data_demo_markers().get(wildcards.dataset)
     if marker:
         inputs["marker"] = marker
@@ -252,6 +267,21 @@ GPUS = config["compute"]["gpus"]
 SD_SCALE = not config["demo"]["enabled"]  # real SD-1.4: bigger memory / runtime requests
 
 
+def measured(rule, key):
+    """Resource ``key`` (mem_mb, runtime or gpu_mem_mb) of a ``rule`` job, from the measured costs and
+    the config's batch and shard sizes (genpromp.resources; the numbers are in docs/cluster.md)."""
+    from genpromp.resources import job_resources
+
+    return lambda wildcards: job_resources(rule, config, getattr(wildcards, "dataset", None))[key]
+
+
 def token_shards(wildcards):
+    """Shard token tables of a dataset: train_token.shards capped at its kept classes (the cap of
+    genpromp.training.stage1.planned_shards), which the class table of the index (a checkpoint) tells."""
+    from genpromp.data.indexing import read_kept_class_ids
+
+    checkpoints.index.get(dataset=wildcards.dataset)  # re-evaluated once the index exists
+    kept = read_kept_class_ids(f"results/{wildcards.dataset}/index/classes.parquet")
+    n_shards = min(TRAIN_TOKEN["shards"], len(kept))
     return expand("results/{dataset}/tokens/shard-{shard}.safetensors", dataset=wildcards.dataset,
-                  shard=range(TRAIN_TOKEN["shards"]))
+                  shard=range(n_shards))

@@ -2,12 +2,14 @@
 # Included by the top-level Snakefile (after `config` is loaded and validated).
 # Its input functions live in common.smk (section "data").
 
+# Only planned when something needs them: a run whose `pretrained` folder has its own tokenizer/
+# (and no demo) indexes with that and downloads nothing.
 rule assets:
     output:
         tokenizer=DATA_TOKENIZER,
-        synsets=DATA_SYNSETS,
     params:
-        out=lambda wc, output: str(Path(output.synsets).parent),
+        out=lambda wc, output: str(Path(output.tokenizer).parent.parent),
+        parts=["tokenizer"],
     conda:
         "../../environment.yml"
     log:
@@ -20,11 +22,29 @@ rule assets:
         "../scripts/assets.py"
 
 
+rule assets_synsets:
+    output:
+        synsets=DATA_SYNSETS,
+    params:
+        out=lambda wc, output: str(Path(output.synsets).parent),
+        parts=["synsets"],
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/data/assets_synsets.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=15,
+    script:
+        "../scripts/assets.py"
+
+
 if config["demo"]["enabled"]:
 
     rule demo_world:
         input:
-            synsets=DATA_SYNSETS,
+            synsets=DEMO_SYNSETS,
         output:
             markers=list(data_demo_markers().values()),
             corpus=f"{config['demo']['root']}/corpus/captions.csv",

