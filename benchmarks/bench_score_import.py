@@ -3,13 +3,16 @@
 Generates the reference-format JSON (~500 MB, 6-decimal scores as a classifier would dump them)
 and a matching index in a temp dir, then runs, each in a fresh child process so peak RSS is its
 own: (1) ours = ``genpromp.data.scores.import_scores`` (JSON → parquet), (2) baseline =
-``json.load`` + per-image numpy arrays + the same parquet writer. Prints seconds, peak RSS and the
-ratios. Usage: ``python benchmarks/bench_score_import.py [--images 50000] [--classes 1000]``.
+``json.load`` + per-image numpy arrays + the same parquet writer, and (3) when the ``ijson`` package
+is importable (it is not a dependency), ``ijson.kvitems`` with its C backend feeding the same
+checks and writer. Prints seconds, peak RSS and the ratios to ours. Usage:
+``python benchmarks/bench_score_import.py [--images 50000] [--classes 1000]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import subprocess
@@ -75,9 +78,25 @@ def run_baseline(json_path, index_dir, out):
     write_scores(ScoreTable(ids, scores), out)
 
 
+def run_ijson(json_path, index_dir, out):
+    import ijson
+    import pyarrow.parquet as pq
+    from genpromp.data.scores import collect_scores, write_scores
+    ids = pq.read_table(index_dir / "test.parquet", columns=["image_id"]).column(0).to_pylist()
+    n_classes = pq.read_metadata(index_dir / "classes.parquet").num_rows
+    with open(json_path, "rb") as fh:
+        entries = ((key, np.asarray(value["pred_scores"], np.float64), None)
+                   for key, value in ijson.kvitems(fh, "", use_float=True))
+        table = collect_scores(entries, ids, n_classes, json_path)
+    write_scores(table, out)
+
+
+RUNNERS = {"ours": run_ours, "json.load": run_baseline, "ijson": run_ijson}
+
+
 def child(mode, json_path, index_dir, out):
     t0 = time.perf_counter()
-    (run_ours if mode == "ours" else run_baseline)(Path(json_path), Path(index_dir), Path(out))
+    RUNNERS[mode](Path(json_path), Path(index_dir), Path(out))
     seconds = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_rss_mb": rss_mb}))
@@ -100,8 +119,10 @@ def main():
         size_mb = (tmp / "scores.json").stat().st_size / 2**20
         print(f"generated {args.images} x {args.classes} JSON ({size_mb:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
         results = {}
-        for mode in ("ours",) + (() if args.skip_baseline else ("json.load",)):
-            proc = subprocess.run([sys.executable, __file__, "--child", "ours" if mode == "ours" else "baseline",
+        modes = ("ours",) + (() if args.skip_baseline else ("json.load",))
+        modes += ("ijson",) if importlib.util.find_spec("ijson") is not None else ()
+        for mode in modes:
+            proc = subprocess.run([sys.executable, __file__, "--child", mode,
                                    str(tmp / "scores.json"), str(tmp / "index"), str(tmp / f"{mode}.parquet")],
                                   capture_output=True, text=True)
             if proc.returncode:
@@ -116,6 +137,10 @@ def main():
             r, o = results["json.load"], results["ours"]
             print(f"ratio (json.load / ours): time {r['seconds'] / o['seconds']:.2f}x, "
                   f"peak RSS {r['peak_rss_mb'] / o['peak_rss_mb']:.2f}x; outputs identical: {same}")
+        if "ijson" in results:
+            r, o = results["ijson"], results["ours"]
+            print(f"ratio (ijson / ours): time {r['seconds'] / o['seconds']:.2f}x, "
+                  f"peak RSS {r['peak_rss_mb'] / o['peak_rss_mb']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,38 @@ def test_not_a_token_table(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(InputError, match="not a genpromp token table"):
         load_tokens(tmp_path / "x.safetensors")
+
+
+def _kept_classes(tmp_path, n=4, kept=(0, 2)):
+    path = tmp_path / "classes_kept.parquet"
+    df = _classes(n)
+    df["kept"] = [i in kept for i in range(n)]
+    df.to_parquet(path)
+    return path
+
+
+def test_original_folder_of_kept_classes_only(tmp_path):
+    """keep_class [0, 2] of 4 classes: a released folder with just <cub-0>, <cub-2> converts; a full one is cut
+    to the kept classes; a folder without a kept class is refused naming it."""
+    classes = _kept_classes(tmp_path)
+    vecs = _write_original(tmp_path / "all", n=4)
+    kept_dir = tmp_path / "kept"
+    kept_dir.mkdir()
+    for i in (0, 2):
+        torch.save({f"<cub-{i}>": vecs[f"<cub-{i}>"]}, kept_dir / f"{49408 + i}.bin")
+    for src in (kept_dir, tmp_path / "all"):
+        got = read_token_table(convert_tokens(src, tmp_path / f"{src.name}.safetensors", classes))
+        assert got.class_ids.tolist() == [0, 2] and got.concept_tokens == ["<cub-0>", "<cub-2>"]
+        assert torch.equal(got.embeddings[1], vecs["<cub-2>"])
+    (kept_dir / "49410.bin").unlink()
+    with pytest.raises(InputError, match=r"no token file for 1 kept class\(es\): <cub-2> \(class 2\)"):
+        convert_tokens(kept_dir, tmp_path / "bad.safetensors", classes)
+
+
+def test_merge_checks_kept_classes(tmp_path):
+    classes = _kept_classes(tmp_path)
+    a = save_tokens(tmp_path / "a.safetensors", [0], ["<cub-0>"], torch.ones(1, 4))
+    b = save_tokens(tmp_path / "b.safetensors", [2], ["<cub-2>"], torch.ones(1, 4))
+    assert read_token_table(merge_token_tables([a, b], tmp_path / "m.safetensors", classes)).class_ids.tolist() == [0, 2]
+    with pytest.raises(InputError, match="kept classes"):
+        merge_token_tables([a], tmp_path / "m2.safetensors", classes)

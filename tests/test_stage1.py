@@ -12,7 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from train_fixtures import REPO, TINY_RES, stage1_settings, tiny_dataset, tiny_model  # noqa: F401
+from train_fixtures import REPO, TINY_RES, kept_dataset, stage1_settings, tiny_dataset, tiny_model  # noqa: F401
 from genpromp.training import stage1
 from genpromp.training.checkpoints import read_token_table
 from genpromp.training.data import StepSchedule, load_training_table, read_image, resize_image
@@ -172,3 +172,167 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_model, tiny_dataset, tm
     log_rows = Path(str(killed_out) + ".log.csv").read_text().strip().splitlines()
     iters = [int(r.split(",")[0]) for r in log_rows[1:]]
     assert iters == sorted(iters) and len(set(zip(iters, [r.split(",")[1] for r in log_rows[1:]]))) == len(iters)
+
+
+# ---------------------------------------------------------------- keep_class and shard planning
+
+def test_keep_class_trains_only_kept_classes_in_capped_shards(tiny_model, kept_dataset, tmp_path):
+    """6 classes in the table, images for 0-2, kept {0, 2}; shards: 5 -> 2 jobs of one class each."""
+    from genpromp.errors import GenprompError
+    from genpromp.training.checkpoints import merge_token_tables
+
+    train, classes, root = kept_dataset
+    table = load_training_table(train, classes, root)
+    assert table.class_ids == [0, 2] and len(table.all_classes) == 6
+    assert stage1.token_shard_count(classes, 5) == 2 and stage1.token_shard_count(classes, 1) == 1
+    settings = stage1_settings(num_train_epochs=1, max_train_steps=1)
+    outs = [stage1.train_token_shard(tiny_model, train, classes, root, tmp_path / f"shard-{k}.safetensors", shard=k,
+                                     n_shards=5, settings=settings, progress=False) for k in range(2)]
+    tables = [read_token_table(p) for p in outs]
+    assert [t.class_ids.tolist() for t in tables] == [[0], [2]]
+    assert [t.concept_tokens for t in tables] == [["<cub-0>"], ["<cub-2>"]]
+    with pytest.raises(GenprompError, match="shard 2 out of range: there are 2 shards"):
+        stage1.train_token_shard(tiny_model, train, classes, root, tmp_path / "shard-2.safetensors", shard=2,
+                                 n_shards=5, settings=settings, progress=False)
+    merged = read_token_table(merge_token_tables(outs, tmp_path / "tokens.safetensors", classes))
+    assert merged.class_ids.tolist() == [0, 2]
+    # every class's token is registered, so <cub-i> keeps token id vocab + i
+    models = stage1.load_stage1_models(tiny_model, table.all_classes)
+    base = min(models.token_ids.values())
+    assert {c: t - base for c, t in models.token_ids.items()} == {i: i for i in range(6)}
+
+
+def test_shards_beyond_class_count_are_capped():
+    from genpromp.errors import GenprompError
+
+    assert stage1.planned_shards(20, 3) == 3 and stage1.planned_shards(2, 3) == 2
+    assert [stage1.shard_classes([0, 2], 5, k) for k in range(2)] == [[0], [2]]
+    with pytest.raises(GenprompError, match="5 capped at the 2 classes"):
+        stage1.shard_classes([0, 2], 5, 2)
+
+
+# ---------------------------------------------------------------- the original's data-parallel schedule
+
+def _reference_shards(n, b, processes):
+    """accelerate's BatchSamplerShard (even_batches, drop_last False) over batches of ``range(n)``:
+    the batches each process gets, written out as that code does it (one process: no sharding)."""
+    batches = [list(range(i, min(i + b, n))) for i in range(0, n, b)]
+    if processes == 1:
+        return [batches]
+    shards = []
+    for r in range(processes):
+        initial, out, to_yield = [], [], []
+        for idx, batch in enumerate(batches):
+            if idx < processes:
+                initial += batch
+            if idx % processes == r:
+                to_yield = batch
+            if idx % processes == processes - 1 and len(batch) == b:
+                out.append(to_yield)
+                to_yield = []
+        if len(to_yield) == b:
+            out.append(to_yield)
+        while len(initial) < processes * b:
+            initial += initial
+        batch, idx = batches[-1], len(batches) - 1
+        if len(batch) == b:
+            batch, idx = [], idx + 1
+        cycle = 0
+        while idx % processes != 0 or batch:
+            end = cycle + b - len(batch)
+            batch = batch + initial[cycle:end]
+            if idx % processes == r:
+                out.append(batch)
+            cycle, batch, idx = end, [], idx + 1
+        shards.append(out)
+    return shards
+
+
+def _reference_loop(n, b, ga, processes, epochs):
+    """The reference's per-class loop on P processes, with its break tests (they leave only the inner
+    loop, so every later epoch still runs one micro-step). Returns ([(epoch, items of the P batches,
+    sync)], number of micro-steps up to the one that used up the step budget)."""
+    shards = _reference_shards(n, b, processes)
+    m = len(shards[0])
+    assert all(len(s) == m for s in shards)
+    max_steps = epochs * math.ceil(math.ceil(n / b) / ga) // processes
+    micro, g, done = [], 0, None
+    for epoch in range(epochs):
+        for k in range(m):
+            sync = (k + 1) % ga == 0 or k == m - 1
+            micro.append((epoch, [i for s in shards for i in s[k]], sync))
+            g += int(sync)
+            if g >= max_steps:
+                done = len(micro) if done is None else done
+                break
+    return micro, done or len(micro)
+
+
+def test_data_parallel_schedule_matches_reference_loop():
+    """Every micro-step (items of the P batches, sync) of the reference's loop, including the single
+    micro-steps of the epochs after the step budget ran out."""
+    tails = 0
+    for n in range(1, 14):
+        for b in (1, 2, 3):
+            for ga in (1, 2):
+                for p in (1, 2, 3):
+                    ref, done = _reference_loop(n, b, ga, p, epochs=2)
+                    tails += done < len(ref)
+                    s = StepSchedule(n, b, ga, epochs=2, max_steps=None, seed=0, keys=(0,), processes=p)
+                    got = list(s.micro_steps())
+                    perms = {e: s.permutation(e).tolist() for e in (0, 1)}
+                    assert s.total_steps == sum(sync for _, _, sync in ref), (n, b, ga, p)
+                    assert [(m.epoch, m.sync) for m in got] == [(e, sync) for e, _, sync in ref], (n, b, ga, p)
+                    assert [list(m.items) for m in got] == [[perms[e][i] for i in items] for e, items, _ in ref]
+    assert tails > 10  # the grid includes budgets used up before the last epoch
+
+
+def test_data_parallel_lr_and_steps_formula():
+    s = stage1_settings(learning_rate=5e-5, batch_size=4, gradient_accumulation_steps=2, scale_lr=True,
+                        data_parallel_processes=3)
+    assert s.effective_lr() == pytest.approx(5e-5 * 4 * 2 * 3)
+    assert stage1_settings(learning_rate=5e-5, scale_lr=False, data_parallel_processes=3).effective_lr() == 5e-5
+    # CUB-sized class: 30 images, batch 4 -> 8 batches; 2 epochs on 2 processes -> 8 steps of 8 images
+    sched = stage1.class_schedule(stage1_settings(batch_size=4, num_train_epochs=2, data_parallel_processes=2), 0, 30)
+    assert sched.total_steps == 2 * 8 // 2 == 8 and sched.items_per_micro == 8 and sched.micro_per_epoch == 4
+    last = list(sched.micro_steps())[3]   # last micro-step of epoch 0: 6 real images + 2 from the epoch's start
+    perm = sched.permutation(0).tolist()
+    assert list(last.items) == perm[24:30] + perm[:2]
+    # 3 processes: budget 16 // 3 = 5 steps, reached in the second epoch (3 micro-steps per epoch)
+    three = stage1.class_schedule(stage1_settings(batch_size=4, num_train_epochs=2, data_parallel_processes=3), 0, 30)
+    assert three.total_steps == 5 and [m.epoch for m in three.micro_steps()] == [0, 0, 0, 1, 1]
+
+
+def test_two_processes_equal_double_batch(tiny_model, tiny_dataset):
+    """P = 2 with batch b == one process with batch 2b (same images per step, same scaled lr); P changes the result."""
+    table = load_training_table(*tiny_dataset)
+    acc = Accelerator()
+    models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
+    runs = {}
+    for name, kw in {"p2": dict(batch_size=1, data_parallel_processes=2), "b2": dict(batch_size=2),
+                     "p1": dict(batch_size=1)}.items():
+        settings = stage1_settings(scale_lr=True, learning_rate=5e-3, num_train_epochs=2, **kw)
+        images = _images(table.subset([2]), settings)          # class 2: 2 images
+        runs[name] = (settings, stage1.train_classes_concurrent(models, [2], images, settings, acc, progress=False)[2])
+    assert runs["p2"][0].effective_lr() == runs["b2"][0].effective_lr() == 2 * runs["p1"][0].effective_lr()
+    assert stage1.class_schedule(runs["p2"][0], 2, 2).total_steps == 2
+    assert stage1.class_schedule(runs["p1"][0], 2, 2).total_steps == 4
+    moved = (runs["p2"][1] - models.initial_rows[2]).abs().max().item()
+    assert moved > 1e-4
+    assert (runs["p2"][1] - runs["b2"][1]).abs().max().item() <= 1e-6
+    assert (runs["p2"][1] - runs["p1"][1]).abs().max().item() > moved / 10
+
+
+def test_data_parallel_concurrent_equals_plain_loop_with_padding(tiny_model, tiny_dataset):
+    """P = 2 on class 0 (3 images, batch 1: the second micro-step is padded) — batched == reference loop."""
+    settings = stage1_settings(batch_size=1, data_parallel_processes=2, num_train_epochs=2, learning_rate=5e-3)
+    table = load_training_table(*tiny_dataset)
+    acc = Accelerator()
+    models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
+    plain_models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
+    rows = stage1.train_classes_concurrent(models, [0], _images(table.subset([0]), settings), settings, acc,
+                                           progress=False)
+    plain = stage1.train_class_plain(tiny_model, table.classes[0], table.images[0], table.classes, settings,
+                                     components=plain_models)
+    moved = (plain - models.initial_rows[0]).abs().max().item()
+    assert moved > 1e-4 and (plain - rows[0]).abs().max().item() <= 1e-5

@@ -5,7 +5,10 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from train_fixtures import tiny_dataset, tiny_model  # noqa: F401
+import pytest
+
+from train_fixtures import kept_dataset, tiny_dataset, tiny_model  # noqa: F401
+from genpromp.errors import ConfigError
 from genpromp.models.loading import load_components, load_unet
 from genpromp.training import stage2
 from genpromp.training.checkpoints import save_tokens
@@ -56,3 +59,57 @@ def test_train_unet_checkpoint_resume_and_output(tiny_model, tiny_dataset, tmp_p
     assert unet.config.cross_attention_dim == load_unet(f"{tiny_model}/unet").config.cross_attention_dim
     log = (tmp_path / "a" / "unet.log.csv").read_text().splitlines()
     assert log[0].startswith("micro_step") and int(log[-1].split(",")[2]) == 4
+
+
+def _reference_last_save(max_steps, save_steps, grad_accum=1):
+    """The reference's stage-2 loop, literally: updates done at its last ``unet_s{g}`` save (None: never)."""
+    g, last = 0, None
+    for micro in range(max_steps * grad_accum):
+        if (micro + 1) % grad_accum == 0:
+            g += 1
+        if g >= max_steps:
+            break
+        elif (g + 1) % save_steps == 0 and (micro + 1) % grad_accum == 0:
+            last = g
+    return last
+
+
+def test_last_save_step_rule():
+    assert stage2.last_save_step(250, 40) == 239 and stage2.last_save_step(600, 100) == 599
+    for max_steps in range(1, 30):
+        for save in range(1, 12):
+            for accum in (1, 3):
+                assert stage2.last_save_step(max_steps, save) == _reference_last_save(max_steps, save, accum)
+    with pytest.raises(ConfigError, match="train_unet.final_unet.*never saves"):
+        stage2.Stage2Settings(max_train_steps=3, save_steps=4, final_unet="last_save").trained_steps()
+
+
+def test_last_save_returns_the_last_saved_update(tiny_model, tiny_dataset, tmp_path):
+    """max 5 steps, save every 2: the reference's last save is after update 3 — not the final update 5."""
+    tokens = _tokens(tmp_path, tiny_model)
+    base = dict(resolution=64, batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-3, save_steps=2, seed=1)
+    last = stage2.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "last" / "unet",
+                             stage2.Stage2Settings(max_train_steps=5, final_unet="last_save", **base), progress=False)
+    weights = {}
+    for n in (3, 5):
+        out = stage2.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / f"s{n}" / "unet",
+                                stage2.Stage2Settings(max_train_steps=n, **base), progress=False)
+        weights[n] = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    got = load_file(str(last / "diffusion_pytorch_model.safetensors"))
+    assert max((got[k] - weights[3][k]).abs().max().item() for k in got) <= 1e-6
+    assert max((got[k] - weights[5][k]).abs().max().item() for k in got) > 1e-5
+
+
+def test_keep_class_trains_kept_classes_with_their_tokens_only(tiny_model, kept_dataset, tmp_path):
+    """6 classes in the table, kept {0, 2}: a token table of <cub-0>, <cub-2> is enough; a missing kept one is named."""
+    from genpromp.errors import InputError
+
+    dim = load_components(tiny_model).text_encoder.get_input_embeddings().weight.shape[1]
+    tokens = save_tokens(tmp_path / "kept.safetensors", [0, 2], ["<cub-0>", "<cub-2>"], torch.zeros(2, dim), ["bird"] * 2)
+    s = stage2.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=1, max_train_steps=1,
+                              save_steps=1, seed=1)
+    out = stage2.train_unet(tiny_model, *kept_dataset, tokens, tmp_path / "unet", s, progress=False)
+    assert (out / "config.json").is_file()
+    only0 = save_tokens(tmp_path / "only0.safetensors", [0], ["<cub-0>"], torch.zeros(1, dim), ["bird"])
+    with pytest.raises(InputError, match="<cub-2>"):
+        stage2.train_unet(tiny_model, *kept_dataset, only0, tmp_path / "unet2", s, progress=False)

@@ -16,13 +16,18 @@ REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO / "resources" / "assets" / "clip_tokenizer"
 TINY_RES = 64
 
-__all__ = ["tiny_model", "tiny_dataset", "make_dataset", "TINY_RES", "REPO", "stage1_settings"]
+__all__ = ["tiny_model", "tiny_dataset", "make_dataset", "kept_dataset", "TINY_RES", "REPO", "stage1_settings"]
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 200, 40), (200, 60, 200)]
 
 
-def make_dataset(root, n_classes=3, per_class=(3, 5, 2), seed=0, meta="bird"):
-    """Write small JPEGs of coloured shapes and the index tables; return (train_parquet, classes_parquet, root)."""
+def make_dataset(root, n_classes=3, per_class=(3, 5, 2), seed=0, meta="bird", table_classes=None, kept=None):
+    """Write small JPEGs of coloured shapes and the index tables; return (train_parquet, classes_parquet, root).
+
+    ``table_classes``: classes in the class table (default ``n_classes``; more = classes without
+    images, as a CUB layout with 200 classes but images for a few); ``kept``: class ids flagged kept
+    (adds the ``kept`` column the index writes for ``keep_class``).
+    """
     root = Path(root)
     rng = np.random.default_rng(seed)
     rows = []
@@ -42,11 +47,14 @@ def make_dataset(root, n_classes=3, per_class=(3, 5, 2), seed=0, meta="bird"):
     train = root / "index" / "train.parquet"
     train.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(train)
-    classes = pd.DataFrame(dict(class_id=np.arange(n_classes, dtype=np.int32),
-                                name=[f"class_{c}" for c in range(n_classes)],
-                                synonyms=[f"class {c}" for c in range(n_classes)], wnid=[""] * n_classes,
-                                meta_token=[meta] * n_classes,
-                                concept_token=[f"<cub-{c}>" for c in range(n_classes)]))
+    n_table = table_classes or n_classes
+    classes = pd.DataFrame(dict(class_id=np.arange(n_table, dtype=np.int32),
+                                name=[f"class_{c}" for c in range(n_table)],
+                                synonyms=[f"class {c}" for c in range(n_table)], wnid=[""] * n_table,
+                                meta_token=[meta] * n_table,
+                                concept_token=[f"<cub-{c}>" for c in range(n_table)]))
+    if kept is not None:
+        classes["kept"] = np.isin(np.arange(n_table), list(kept))
     classes_path = root / "index" / "classes.parquet"
     classes.to_parquet(classes_path)
     return train, classes_path, root
@@ -69,6 +77,13 @@ def tiny_model(tmp_path_factory):
 def tiny_dataset(tmp_path_factory):
     """(train_parquet, classes_parquet, image_root) with 3 classes of 3 / 5 / 2 images."""
     return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def kept_dataset(tmp_path_factory):
+    """keep_class on a CUB-like layout: a class table of 6 classes, training images for classes 0-2
+    (3 / 5 / 2 images), classes 0 and 2 kept (class 1's images stay in the train table)."""
+    return make_dataset(tmp_path_factory.mktemp("kept"), table_classes=6, kept=[0, 2])
 
 
 def stage1_settings(**kw):

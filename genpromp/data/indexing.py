@@ -51,7 +51,8 @@ from .images import check_decodes, image_size
 
 __all__ = [
     "BOX_TOLERANCE", "IMAGE_SCHEMA", "CLASS_SCHEMA", "DatasetIndex", "ImageRecord", "ClassRecord",
-    "index_cub", "index_imagenet", "index_wsol", "index_dataset", "keep_class_ids", "image_root_for",
+    "index_cub", "index_imagenet", "index_wsol", "index_dataset", "keep_class_ids", "read_kept_class_ids",
+    "image_root_for",
     "write_index", "read_index", "register_cli",
 ]
 
@@ -163,6 +164,24 @@ def keep_class_ids(keep_class, n_classes):
     if bad:
         raise GenprompError(f"keep_class {keep_class}: ids {bad[:5]} are outside 0..{n_classes - 1}")
     return sorted(set(keep))
+
+
+def read_kept_class_ids(classes_parquet):
+    """Ids (sorted) of the kept classes of a written class table: the classes the method trains.
+
+    A class table without the ``kept`` column (made by hand) keeps every class; a table that keeps
+    none raises InputError.
+    """
+    df = pd.read_parquet(classes_parquet)
+    if "class_id" not in df.columns:
+        raise InputError(classes_parquet, "missing column class_id; regenerate the index (docs/FORMATS.md)")
+    if "kept" in df.columns:
+        df = df[df["kept"].astype(bool)]
+    ids = sorted(int(c) for c in df["class_id"])
+    if not ids:
+        raise InputError(classes_parquet, "no class is marked kept; check datasets.<name>.keep_class and "
+                                          "rebuild the index")
+    return ids
 
 
 def _record_label(rec, n_classes):

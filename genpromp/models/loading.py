@@ -1,11 +1,12 @@
 """Load Stable Diffusion components from a diffusers-layout folder, offline.
 
-The same code path loads the real ``stable-diffusion-v1-4`` folder and the tiny demo model.
+The same code path loads the real ``stable-diffusion-v1-4`` folder and the tiny demo model. Every
+``from_pretrained`` call passes ``local_files_only=True``, so nothing is downloaded and the process
+environment (``HF_HUB_OFFLINE`` and friends) is left as the caller set it.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from ..errors import GenprompError
 __all__ = ["SDComponents", "load_components", "load_unet", "REQUIRED_SUBFOLDERS"]
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @dataclass

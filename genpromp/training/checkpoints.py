@@ -12,6 +12,11 @@ The original writes one torch pickle per class, ``tokens/{token_id}.bin`` = ``{"
 Those are imported with ``torch.load(..., weights_only=True)`` only: a pickle that would construct
 anything but tensors is refused with an error naming the file. A finetuned original ``unet/`` folder
 is already in diffusers layout and loads as-is with :func:`genpromp.models.loading.load_unet`.
+
+With ``keep_class`` only the kept classes are trained, so the workflow's token table holds exactly
+the class table's kept classes (``kept`` column): merging and converting check that every kept
+class has a token (naming the missing ones), accept a released folder holding only the kept
+classes, and leave out (with a log line) tokens of classes of the table that are not kept.
 """
 
 from __future__ import annotations
@@ -95,6 +100,13 @@ def read_token_table(path):
     return TokenTable(class_ids, tokens, embeddings, json.loads(meta.get("meta_tokens", "[]")), meta.get("source", ""))
 
 
+def _kept_rows(classes):
+    """The rows of a class table DataFrame that are trained (``kept``; every row without that column)."""
+    if "kept" in classes.columns:
+        return classes[classes["kept"].astype(bool)]
+    return classes
+
+
 def _load_original_file(path):
     """{token: tensor} from one original ``{id}.bin``, loaded with weights_only=True."""
     try:
@@ -117,8 +129,9 @@ def _load_original_file(path):
 def import_original_tokens(folder, classes=None, dim=None):
     """Read an original ``tokens/`` folder of ``{token_id}.bin`` files into a :class:`TokenTable`.
 
-    ``classes``: class table DataFrame (class_id, concept_token[, meta_token]); tokens not in it raise
-    InputError, classes without a file raise InputError too. ``dim``: expected width (768 for SD-1.4).
+    ``classes``: class table DataFrame (class_id, concept_token[, meta_token][, kept]); tokens not in
+    it raise InputError, and so does a kept class without a file; tokens of classes that are not kept
+    are left out (logged). ``dim``: expected width (768 for SD-1.4).
     Without ``classes`` the class id is parsed from the token's ``<prefix-i>`` suffix.
     """
     folder = Path(folder)
@@ -142,10 +155,19 @@ def import_original_tokens(folder, classes=None, dim=None):
         for token, (_, f) in by_token.items():
             if token not in lookup:
                 raise InputError(f, f"unknown class token {token!r}: not in the class table "
-                                    f"(known e.g. {list(lookup)[:3]}); wrong dataset or keep_class?")
-        missing = [t for t in lookup if t not in by_token]
+                                    f"(known e.g. {list(lookup)[:3]}); wrong dataset?")
+        kept = [str(t) for t in _kept_rows(classes)["concept_token"]]
+        missing = [t for t in kept if t not in by_token]
         if missing:
-            raise InputError(folder, f"no token file for {len(missing)} class(es), e.g. {missing[:5]}")
+            raise InputError(folder, f"no token file for {len(missing)} kept class(es): "
+                                     f"{', '.join(f'{t} (class {lookup[t][0]})' for t in missing[:10])}"
+                                     f"{' …' if len(missing) > 10 else ''}; add their {{token_id}}.bin files "
+                                     "or drop the classes with keep_class")
+        extra = set(by_token) - set(kept)
+        if extra:
+            log.info("%s: %d token(s) of classes outside keep_class not imported (e.g. %s)", folder, len(extra),
+                     sorted(extra)[:3])
+            by_token = {t: v for t, v in by_token.items() if t not in extra}
         ids = [lookup[t][0] for t in by_token]
         metas = [lookup[t][1] for t in by_token]
     else:
@@ -182,10 +204,12 @@ def convert_tokens(source, out_path, classes_parquet=None, dim=None):
     else:
         table = read_token_table(source)
         if classes is not None:
-            want = set(classes["concept_token"].astype(str))
+            want = set(_kept_rows(classes)["concept_token"].astype(str))
             have = set(table.concept_tokens)
             if want - have:
-                raise InputError(source, f"missing tokens for {sorted(want - have)[:5]}")
+                raise InputError(source, f"no token for {len(want - have)} kept class(es): "
+                                         f"{sorted(want - have)[:10]}; train or import them, or drop the classes "
+                                         "with keep_class")
             keep = [i for i, t in enumerate(table.concept_tokens) if t in want]
             table = TokenTable(table.class_ids[keep], [table.concept_tokens[i] for i in keep],
                                table.embeddings[keep], [table.meta_tokens[i] for i in keep] if table.meta_tokens else [],
@@ -197,16 +221,17 @@ def convert_tokens(source, out_path, classes_parquet=None, dim=None):
 
 
 def merge_token_tables(shard_paths, out_path, classes_parquet=None):
-    """Concatenate shard tables into one table (checks no class appears twice and none is missing)."""
+    """Concatenate shard tables into one table (checks no class appears twice and, given the class
+    table, that the shards hold exactly its kept classes)."""
     tables = [read_token_table(p) for p in shard_paths]
     ids = torch.cat([t.class_ids for t in tables])
     if len(set(ids.tolist())) != len(ids):
         raise GenprompError(f"shards {list(map(str, shard_paths))} contain a class twice")
     if classes_parquet is not None:
-        want = set(int(x) for x in pd.read_parquet(classes_parquet)["class_id"])
+        want = set(int(x) for x in _kept_rows(pd.read_parquet(classes_parquet))["class_id"])
         if want != set(ids.tolist()):
             raise InputError(classes_parquet, f"merged shards cover classes {sorted(set(ids.tolist()) ^ want)[:10]} "
-                                              "differently from the class table; rerun the token shards")
+                                              "differently from the class table's kept classes; rerun the token shards")
     tokens = [tok for t in tables for tok in t.concept_tokens]
     metas = [m for t in tables for m in (t.meta_tokens or [""] * len(t.concept_tokens))]
     emb = torch.cat([t.embeddings for t in tables])

@@ -1,6 +1,6 @@
 """Training data for both stages: index tables, the original's augmentation, step schedules, RNG.
 
-Augmentation (SPEC.md § Stage 1, the reference's ``init_train_pipelines``): resize to (R, R)
+Augmentation (docs/method.md § Stage 1, the reference's ``init_train_pipelines``): resize to (R, R)
 (bilinear, torchvision ``Resize``'s PIL default), random crop R, horizontal flip (p = 0.5),
 ColorJitter(brightness, contrast, saturation, hue = 0.1) with the four operations in a random
 order, quantisation back to uint8 (the reference works on PIL images), then ``x / 127.5 - 1``.
@@ -32,7 +32,7 @@ from ..io import resolve_inside
 
 __all__ = [
     "ClassInfo", "TrainingTable", "StepSchedule", "MicroStep", "STREAM_PERM", "STREAM_SAMPLE",
-    "STREAM_STEP", "derive_seed", "derive_generator", "load_training_table", "read_image",
+    "STREAM_STEP", "derive_seed", "derive_generator", "load_training_table", "trained_class_ids", "read_image",
     "resize_image", "color_jitter", "augment_image", "latent_shape", "draw_step_noise",
     "make_pixel_batch", "make_sample",
 ]
@@ -60,16 +60,29 @@ class ClassInfo:
 
 @dataclass
 class TrainingTable:
-    """Classes (ordered by id) and, per class id, its training image paths (sorted by image id)."""
+    """The classes to train (ordered by id) and, per class id, its training image paths (sorted by image id).
+
+    ``all_classes``: every class of the class table, trained or not (concept tokens are registered
+    for all of them, so a class's token id does not depend on ``keep_class``); defaults to ``classes``.
+    """
 
     classes: list
     images: dict = field(default_factory=dict)
+    all_classes: list = None
+
+    def __post_init__(self):
+        if self.all_classes is None:
+            self.all_classes = list(self.classes)
+
+    @property
+    def class_ids(self):
+        return [c.class_id for c in self.classes]
 
     def subset(self, class_ids):
-        """The table restricted to ``class_ids`` (kept in class-table order)."""
+        """The table restricted to ``class_ids`` (kept in class-table order; ``all_classes`` unchanged)."""
         keep = set(int(c) for c in class_ids)
         return TrainingTable([c for c in self.classes if c.class_id in keep],
-                             {c: p for c, p in self.images.items() if c in keep})
+                             {c: p for c, p in self.images.items() if c in keep}, self.all_classes)
 
 
 def derive_seed(seed, *keys):
@@ -89,25 +102,34 @@ def _require_columns(df, columns, path):
         raise InputError(path, f"missing column(s) {', '.join(missing)}; regenerate the index (docs/FORMATS.md)")
 
 
-def load_training_table(train_parquet, classes_parquet, image_root, class_ids=None):
-    """Read the index tables; return a :class:`TrainingTable`.
+def trained_class_ids(classes_parquet):
+    """Ids (sorted) of the classes stages 1 and 2 train: the class table's kept classes (``keep_class``;
+    a table without the ``kept`` column trains every class)."""
+    from ..data.indexing import read_kept_class_ids
 
-    ``image_root`` is the dataset root the ``path`` column is relative to. Labels missing from the
-    class table, or a (selected) class without training images, raise InputError.
+    return read_kept_class_ids(classes_parquet)
+
+
+def load_training_table(train_parquet, classes_parquet, image_root, class_ids=None):
+    """Read the index tables; return a :class:`TrainingTable` of the classes to train.
+
+    Trained are the class table's kept classes (:func:`trained_class_ids`), or ``class_ids`` when
+    given. ``image_root`` is the dataset root the ``path`` column is relative to. Labels missing
+    from the class table, or a trained class without training images, raise InputError.
     """
     classes_df = pd.read_parquet(classes_parquet)
     _require_columns(classes_df, ["class_id", "meta_token", "concept_token"], classes_parquet)
     train_df = pd.read_parquet(train_parquet)
     _require_columns(train_df, ["image_id", "path", "label"], train_parquet)
-    classes = [ClassInfo(int(r.class_id), str(r.concept_token), str(r.meta_token))
-               for r in classes_df.sort_values("class_id").itertuples()]
-    known = {c.class_id for c in classes}
+    all_classes = [ClassInfo(int(r.class_id), str(r.concept_token), str(r.meta_token))
+                   for r in classes_df.sort_values("class_id").itertuples()]
+    known = {c.class_id for c in all_classes}
     unknown = sorted(set(int(x) for x in train_df["label"]) - known)
     if unknown:
         raise InputError(train_parquet, f"labels {unknown[:10]} are not in {classes_parquet}; "
                                         "rebuild both tables from the same dataset")
-    if class_ids is not None:
-        classes = [c for c in classes if c.class_id in set(int(x) for x in class_ids)]
+    wanted = set(int(x) for x in class_ids) if class_ids is not None else set(trained_class_ids(classes_parquet))
+    classes = [c for c in all_classes if c.class_id in wanted]
     images = {}
     train_df = train_df.sort_values("image_id", kind="stable")
     for info in classes:
@@ -116,7 +138,7 @@ def load_training_table(train_parquet, classes_parquet, image_root, class_ids=No
             raise InputError(train_parquet, f"class {info.class_id} ({info.concept_token}) has no training "
                                             "images; drop it with keep_class or add images")
         images[info.class_id] = [resolve_inside(image_root, p, source=train_parquet) for p in rows["path"]]
-    return TrainingTable(classes, images)
+    return TrainingTable(classes, images, all_classes)
 
 
 def read_image(path):
@@ -243,9 +265,19 @@ class StepSchedule:
 
     Batches are ``batch_size`` consecutive items of the epoch's permutation (last one smaller,
     ``drop_last=False``). The optimizer steps after every ``grad_accum``-th batch and after the
-    last batch of an epoch (accelerate's end-of-dataloader sync). Training stops after
-    ``total_steps`` optimizer steps = min(max_steps, epochs × ceil(n_batches / grad_accum)), or,
-    with ``epochs=None``, runs as many epochs as ``max_steps`` needs (stage 2).
+    last batch of an epoch (accelerate's end-of-dataloader sync). With ``epochs`` (stage 1) the
+    loop is the reference's: after each micro-step, once ``step_budget`` optimizer steps are done
+    (``max_steps``, else ``epochs × ceil(n_batches / grad_accum)``) it leaves the epoch — only the
+    epoch: every remaining epoch still runs its first micro-step (and steps the optimizer if that
+    one syncs). With ``epochs=None`` (stage 2) it runs exactly ``max_steps`` optimizer steps.
+    ``total_steps`` counts the optimizer steps the loop makes.
+
+    ``processes`` = P > 1 replays, in one process, the reference run data-parallel on P GPUs
+    (accelerate's sharded loader with ``even_batches``): each micro-step is P consecutive batches,
+    i.e. ``P × batch_size`` items; an epoch has ceil(n_batches / P) micro-steps, its last round of
+    batches completed with the epoch's first items (order ``perm + perm[:pad]``, so every micro-step
+    is full); and without ``max_steps`` the step budget is ``epochs × ceil(n_batches / grad_accum) // P``
+    (the reference computes it from the unsharded loader and divides by P).
     """
 
     n_items: int
@@ -255,62 +287,86 @@ class StepSchedule:
     max_steps: int | None
     seed: int
     keys: tuple  # stream keys, e.g. (class_id,) for stage 1
+    processes: int = 1
 
     @property
     def n_batches(self):
+        """Batches of one epoch in the unsharded loader (the reference's ``len(dataloader)``)."""
         return math.ceil(self.n_items / self.batch_size)
 
     @property
+    def micro_per_epoch(self):
+        """Micro-steps (forward/backward passes) per epoch: ceil(n_batches / processes)."""
+        return math.ceil(self.n_batches / self.processes)
+
+    @property
+    def items_per_micro(self):
+        return self.batch_size * self.processes
+
+    @property
     def steps_per_epoch(self):
-        return math.ceil(self.n_batches / self.grad_accum)
+        return math.ceil(self.micro_per_epoch / self.grad_accum)
+
+    @property
+    def step_budget(self):
+        """Optimizer steps after which the loop leaves an epoch (``max_steps`` or the epochs' steps // P)."""
+        if self.max_steps or self.epochs is None:
+            return int(self.max_steps)
+        return self.epochs * math.ceil(self.n_batches / self.grad_accum) // self.processes
 
     @property
     def total_steps(self):
+        """Optimizer steps the loop makes."""
         if self.epochs is None:
             return int(self.max_steps)
-        full = self.epochs * self.steps_per_epoch
-        return full if not self.max_steps else min(int(self.max_steps), full)
+        return sum(int(sync) for _, _, sync in self._walk())
 
     def permutation(self, epoch):
         """Item order of ``epoch`` (derived from seed, keys, epoch)."""
         return torch.randperm(self.n_items, generator=derive_generator(self.seed, STREAM_PERM, *self.keys, epoch))
 
+    def epoch_order(self, epoch):
+        """Item positions of ``epoch`` in micro-step order: the permutation, and with ``processes`` > 1
+        padded cyclically from its start to ``micro_per_epoch × items_per_micro`` items."""
+        perm = self.permutation(epoch).tolist()
+        if self.processes == 1:
+            return perm
+        pad = self.micro_per_epoch * self.items_per_micro - len(perm)
+        return perm + [perm[j % len(perm)] for j in range(pad)]
+
+    def _walk(self):
+        """(epoch, micro-step in epoch, sync) of every micro-step of the loop."""
+        budget, m = self.step_budget, self.micro_per_epoch
+        steps = 0
+        epoch = 0
+        while self.epochs is None and steps < budget or self.epochs is not None and epoch < self.epochs:
+            for b in range(m):
+                sync = (b + 1) % self.grad_accum == 0 or b == m - 1
+                yield epoch, b, sync
+                steps += int(sync)
+                if steps >= budget:
+                    if self.epochs is None:
+                        return
+                    break
+            epoch += 1
+
     def micro_steps(self, start=0):
         """Yield :class:`MicroStep` from global micro index ``start`` to the end of training."""
-        steps = 0
-        index = 0
-        epoch = 0
-        while steps < self.total_steps:
-            perm = None
-            for b in range(self.n_batches):
-                sync = (b + 1) % self.grad_accum == 0 or b == self.n_batches - 1
-                if index >= start:
-                    if perm is None:
-                        perm = self.permutation(epoch).tolist()
-                    items = tuple(perm[b * self.batch_size:(b + 1) * self.batch_size])
-                    yield MicroStep(epoch, b, index, items, sync)
-                index += 1
-                steps += int(sync)
-                if steps >= self.total_steps:
-                    return
-            epoch += 1
+        order, order_epoch, size = None, None, self.items_per_micro
+        for index, (epoch, b, sync) in enumerate(self._walk()):
+            if index < start:
+                continue
+            if order_epoch != epoch:
+                order, order_epoch = self.epoch_order(epoch), epoch
+            yield MicroStep(epoch, b, index, tuple(order[b * size:(b + 1) * size]), sync)
 
     @property
     def n_micro_steps(self):
-        return sum(1 for _ in self.micro_steps_light())
+        return sum(1 for _ in self._walk())
 
     def micro_steps_light(self):
-        """Like :meth:`micro_steps` without permutations (for counting)."""
-        steps = 0
-        epoch = 0
-        while steps < self.total_steps:
-            for b in range(self.n_batches):
-                sync = (b + 1) % self.grad_accum == 0 or b == self.n_batches - 1
-                yield epoch, b, sync
-                steps += int(sync)
-                if steps >= self.total_steps:
-                    return
-            epoch += 1
+        """Like :meth:`micro_steps` without permutations (for counting): (epoch, batch, sync)."""
+        return self._walk()
 
 
 def make_sample(image, seed, keys, micro, slot, crop, n_templates):

@@ -1,4 +1,4 @@
-"""Stage 1: learn one concept-token embedding per class (SPEC.md § Stage 1), sharded and resumable.
+"""Stage 1: learn one concept-token embedding per class (docs/method.md § Stage 1), sharded and resumable.
 
 How this maps to the reference's loop
 -------------------------------------
@@ -35,11 +35,24 @@ matches the reference's sequential run up to rounding of the accumulated factor 
 float64 instead of as thousands of float32 in-place multiplications). In this mode the shard
 resumes at class granularity (a class interrupted mid-way is retrained from its start).
 
+Processes and the learning rate
+-------------------------------
 Multiple processes (``accelerate launch``) split a shard's classes round-robin (class
-parallelism); each class is still trained with batch ``batch_size × grad_accum`` on one process,
-so ``scale_lr`` multiplies by ``batch_size × grad_accum`` (× 1 process per class). The reference,
-run data-parallel on P GPUs, would use a P-times larger per-class batch and lr, and P-times fewer
-steps; our results do not depend on the GPU count.
+parallelism); each class is trained on one process, so our results do not depend on the GPU count.
+The reference instead runs each class data-parallel on its P GPUs, and its ``scale_lr`` is
+``lr × batch_size × grad_accum × P``: every optimizer step sees P × the per-GPU batch, and its
+two epochs take about P-times fewer steps. ``data_parallel_processes`` (P, default 1) replays that
+run exactly on any number of devices: each class's micro-step takes ``P × batch_size`` items
+(accelerate's sharding and ``even_batches`` padding, see :class:`~genpromp.training.data.StepSchedule`),
+the loss is their mean (what DDP's gradient averaging of P equal per-GPU means gives), the lr is
+multiplied by P as well, and the step budget is the reference's. With P = 1 the lr is
+``lr × batch_size × grad_accum``, which is the reference's on one GPU.
+
+Classes and shards
+------------------
+Only the class table's kept classes (``keep_class``) are trained; shards split them into
+``min(shards, kept classes)`` contiguous ranges (:func:`planned_shards`). Every class's concept
+token is still registered, so ``<prefix-i>`` keeps its original class id i and its token id.
 """
 
 from __future__ import annotations
@@ -62,13 +75,14 @@ from ..io import atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
 from .checkpoints import merge_token_tables, read_token_table, save_tokens
 from .data import (STREAM_STEP, MicroStep, StepSchedule, derive_generator, draw_step_noise, latent_shape,
-                   load_training_table, make_pixel_batch, make_sample, read_image, resize_image)
+                   load_training_table, make_pixel_batch, make_sample, read_image, resize_image,
+                   trained_class_ids)
 from .resume import fingerprint, load_optimizer_state, optimizer_state_tensors, read_checkpoint, write_checkpoint
 
 __all__ = [
     "Stage1Settings", "ConceptTokenEmbedding", "Stage1Models", "load_stage1_models", "class_schedule",
-    "shard_classes", "train_classes_concurrent", "train_class_plain", "train_token_shard", "register_cli",
-    "LOG_COLUMNS", "run_train_token_job",
+    "shard_classes", "planned_shards", "token_shard_count", "train_classes_concurrent", "train_class_plain",
+    "train_token_shard", "register_cli", "LOG_COLUMNS", "run_train_token_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +109,7 @@ class Stage1Settings:
     seed: int = 0
     mixed_precision: str = "no"
     concurrent_classes: int = 8
+    data_parallel_processes: int = 1
 
     @classmethod
     def from_config(cls, config):
@@ -104,8 +119,9 @@ class Stage1Settings:
         return settings_from_section(cls, config, "train_token")
 
     def effective_lr(self):
-        """lr × batch × grad_accum when ``scale_lr`` (one process trains each class)."""
-        scale = self.batch_size * self.gradient_accumulation_steps if self.scale_lr else 1
+        """lr × batch × grad_accum × data_parallel_processes when ``scale_lr`` (the reference's rule)."""
+        scale = (self.batch_size * self.gradient_accumulation_steps * self.data_parallel_processes
+                 if self.scale_lr else 1)
         return self.learning_rate * scale
 
     def make_optimizer(self, params):
@@ -187,16 +203,33 @@ def load_stage1_models(pretrained, classes, device="cpu", weight_dtype=torch.flo
 
 
 def class_schedule(settings, class_id, n_images):
-    """The reference's per-class epochs × batches × accumulation schedule."""
+    """The reference's per-class epochs × batches × accumulation schedule (on P data-parallel processes)."""
     return StepSchedule(n_images, settings.batch_size, settings.gradient_accumulation_steps,
-                        settings.num_train_epochs, settings.max_train_steps, settings.seed, (int(class_id),))
+                        settings.num_train_epochs, settings.max_train_steps, settings.seed, (int(class_id),),
+                        settings.data_parallel_processes)
+
+
+def planned_shards(n_shards, n_classes):
+    """Shard jobs for ``n_classes`` trained classes: ``min(n_shards, n_classes)`` (no empty shard)."""
+    if n_classes < 1:
+        raise GenprompError("no classes to train")
+    return min(int(n_shards), int(n_classes))
+
+
+def token_shard_count(classes_parquet, n_shards):
+    """Number of stage-1 shard jobs for a class table: ``train_token.shards`` capped at its kept classes."""
+    return planned_shards(n_shards, len(trained_class_ids(classes_parquet)))
 
 
 def shard_classes(class_ids, n_shards, shard):
-    """Contiguous range of ``class_ids`` (sorted) for ``shard`` of ``n_shards`` (sizes differ by ≤ 1)."""
+    """Contiguous range of ``class_ids`` (sorted) for ``shard`` of ``planned_shards(n_shards, len(class_ids))``
+    shards (sizes differ by ≤ 1, none empty)."""
     ids = sorted(int(c) for c in class_ids)
-    if not 0 <= shard < n_shards:
-        raise GenprompError(f"shard {shard} out of range for {n_shards} shards")
+    planned = planned_shards(n_shards, len(ids))
+    if not 0 <= shard < planned:
+        capped = f" ({n_shards} capped at the {len(ids)} classes to train)" if planned < n_shards else ""
+        raise GenprompError(f"shard {shard} out of range: there are {planned} shards{capped}")
+    n_shards = planned
     base, extra = divmod(len(ids), n_shards)
     start = shard * base + min(shard, extra)
     return ids[start:start + base + (1 if shard < extra else 0)]
@@ -410,15 +443,15 @@ class _EpochBatchSampler:
         self.schedule, self.epoch = schedule, 0
 
     def __len__(self):
-        return self.schedule.n_batches
+        return self.schedule.micro_per_epoch
 
     def __iter__(self):
-        perm = self.schedule.permutation(self.epoch).tolist()
-        base = self.epoch * self.schedule.n_batches
+        order = self.schedule.epoch_order(self.epoch)
+        base = self.epoch * self.schedule.micro_per_epoch
         self.epoch += 1
-        bs = self.schedule.batch_size
-        for b in range(self.schedule.n_batches):
-            yield [(item, base + b, j) for j, item in enumerate(perm[b * bs:(b + 1) * bs])]
+        size = self.schedule.items_per_micro
+        for b in range(self.schedule.micro_per_epoch):
+            yield [(item, base + b, j) for j, item in enumerate(order[b * size:(b + 1) * size])]
 
 
 def train_class_plain(pretrained, class_info, image_paths, all_classes, settings, components=None,
@@ -479,10 +512,8 @@ def train_class_plain(pretrained, class_info, image_paths, all_classes, settings
                 optimizer.zero_grad()
                 if accelerator.sync_gradients:
                     global_step += 1
-            if global_step >= schedule.total_steps:
-                break
-        if global_step >= schedule.total_steps:
-            break
+            if global_step >= schedule.step_budget:
+                break  # leaves the epoch only, as the reference's loop
     result = params[0].detach()
     if settings.reproduce_weight_decay_defect:
         result = result[token_id]
@@ -492,7 +523,8 @@ def train_class_plain(pretrained, class_info, image_paths, all_classes, settings
 
 
 def _decay_factors(settings, table):
-    """{class_id: Π over earlier classes j of (1 - lr·wd)^steps_j} — the reference's shrinkage (float64)."""
+    """{class_id: Π over earlier trained classes j of (1 - lr·wd)^steps_j} — the reference's shrinkage
+    (float64; its loop runs over the kept classes only, so only those decay the matrix)."""
     per_step = 1.0 - settings.effective_lr() * settings.adam_weight_decay
     factors, log_total = {}, 0.0
     for info in table.classes:
@@ -517,7 +549,7 @@ def _train_defect_sequential(models, pretrained, table, class_ids, settings, par
             continue
         with torch.no_grad():
             base.weight.copy_(initial)
-        rows[cid] = train_class_plain(pretrained, infos[cid], table.images[cid], table.classes, settings,
+        rows[cid] = train_class_plain(pretrained, infos[cid], table.images[cid], table.all_classes, settings,
                                       components=models, decay_factor=factors[cid])
         write_checkpoint(done_path, {f"row.{c}": v for c, v in rows.items()},
                          {"fingerprint": job_fp, "finished": sorted(rows)})
@@ -532,8 +564,9 @@ def _job_fingerprint(settings, table, class_ids, pretrained, num_processes):
 
 def train_token_shard(pretrained, train_parquet, classes_parquet, image_root, out_path, shard=0, n_shards=1,
                       settings=None, log_csv=None, progress=True):
-    """Train the concept tokens of class shard ``shard`` of ``n_shards`` and write our token table.
+    """Train the concept tokens of class shard ``shard`` and write our token table.
 
+    The class table's kept classes are split into ``planned_shards(n_shards, kept)`` shards.
     Resumable: state lives in ``<out>.partial/`` (not a Snakemake output, so it survives a killed
     job) and the rerun continues from the last checkpoint with an identical result.
     """
@@ -545,14 +578,15 @@ def train_token_shard(pretrained, train_parquet, classes_parquet, image_root, ou
     accelerator = Accelerator(mixed_precision=settings.mixed_precision,
                               gradient_accumulation_steps=settings.gradient_accumulation_steps)
     full = load_training_table(train_parquet, classes_parquet, image_root)
-    ids = shard_classes([c.class_id for c in full.classes], n_shards, shard)
+    ids = shard_classes(full.class_ids, n_shards, shard)
     mine = ids[accelerator.process_index::accelerator.num_processes]
     table = full.subset(mine) if not settings.reproduce_weight_decay_defect else full
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(settings.mixed_precision, torch.float32)
     rank_dir = partial / f"rank-{accelerator.process_index}-of-{accelerator.num_processes}"
     job_fp = _job_fingerprint(settings, full, mine, pretrained, accelerator.num_processes)
-    models = load_stage1_models(pretrained, full.classes, accelerator.device, weight_dtype)
-    log.info("shard %d/%d: classes %s (this process: %d) on %s", shard, n_shards, ids, len(mine), accelerator.device)
+    models = load_stage1_models(pretrained, full.all_classes, accelerator.device, weight_dtype)
+    log.info("shard %d/%d: classes %s (this process: %d) on %s", shard, planned_shards(n_shards, len(full.classes)),
+             ids, len(mine), accelerator.device)
     if settings.reproduce_weight_decay_defect:
         rows = _train_defect_sequential(models, pretrained, table, mine, settings, rank_dir, job_fp)
         _write_plain_log(rank_dir / "log.csv")
@@ -563,8 +597,9 @@ def train_token_shard(pretrained, train_parquet, classes_parquet, image_root, ou
                                         rank_dir / "log.csv", job_fp, progress)
     infos = {c.class_id: c for c in full.classes}
     part = rank_dir / "result.safetensors"
+    width = models.text_encoder.get_input_embeddings().weight.shape[1]
     save_tokens(part, mine, [infos[c].concept_token for c in mine],
-                torch.stack([rows[c] for c in mine]) if mine else torch.zeros(0, models.initial_rows[ids[0]].shape[0]),
+                torch.stack([rows[c] for c in mine]) if mine else torch.zeros(0, width),
                 [infos[c].meta_token for c in mine], source="train_token")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -629,14 +664,14 @@ def _run_cli(args):
 
 def register_cli(sub):
     p = sub.add_parser("train-token", help="stage 1: train the concept tokens of one class shard",
-                       description="Train one concept-token embedding per class (SPEC § Stage 1) for the classes "
+                       description="Train one concept-token embedding per class (docs/method.md § Stage 1) for the classes "
                                    "of one shard and write results/<dataset>/tokens/shard-<k>.safetensors. "
                                    "Killed runs resume from <out>.partial/. Launch with `accelerate launch -m "
                                    "genpromp.cli train-token ...` to split the shard's classes over GPUs.")
     p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")
     p.add_argument("--config-json", default=None, help="JSON object merged over the config (like --config in Snakemake)")
     p.add_argument("--dataset", required=True, help="dataset name (a key of `datasets` in the config)")
-    p.add_argument("--shard", type=int, default=0, help="class shard number k, 0 <= k < train_token.shards")
+    p.add_argument("--shard", type=int, default=0, help="class shard number k, 0 <= k < min(train_token.shards, kept classes)")
     p.add_argument("--results", default="results", help="results root (default: %(default)s)")
     p.add_argument("--out", default=None, help="output token table (default: results/<ds>/tokens/shard-<k>.safetensors)")
     p.add_argument("--concurrent-classes", type=int, default=None,

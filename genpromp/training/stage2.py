@@ -1,4 +1,4 @@
-"""Stage 2: finetune the whole UNet on 0.5·f_r + 0.5·f_d conditioning (SPEC.md § Stage 2), resumable.
+"""Stage 2: finetune the whole UNet on 0.5·f_r + 0.5·f_d conditioning (docs/method.md § Stage 2), resumable.
 
 Concept tokens are loaded into the text encoder; the text encoder and VAE are frozen; the UNet is
 trained in fp32 (``compute.mixed_precision`` only autocasts the forward). Each sample draws one
@@ -9,6 +9,16 @@ Data order, augmentation, templates, latent samples, noise and timesteps are der
 ``(seed, micro-step, sample)`` (see :mod:`genpromp.training.data`), so a killed job resumes from
 ``<out>.partial/checkpoint`` (written every ``save_steps`` optimizer steps: ``unet/`` in diffusers
 layout, optimizer state as safetensors, ``state.json``) and ends with the uninterrupted result.
+
+Which UNet is the result (``final_unet``)
+-----------------------------------------
+The reference saves ``unet_s{g}`` inside its loop, after update g, whenever ``(g + 1) % save_steps
+== 0`` — checked after the step counter is incremented and after the stop test, so never after the
+last update — and saves nothing at the end. Its released ``unet/`` is therefore the UNet after
+``floor(max_train_steps / save_steps) · save_steps − 1`` updates (CUB: 250 steps, every 40 → 239;
+ImageNet: 600, every 100 → 599). ``final_unet: last_save`` reproduces that: training stops after
+that update (what follows cannot change it) and that UNet is written; ``final_step`` (default)
+writes the UNet after all ``max_train_steps`` updates.
 
 With P processes (``accelerate launch``) training is data-parallel like the reference: each
 micro-step takes ``batch_size × P`` items of the epoch's order and process r uses slice r; DDP
@@ -31,7 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..data.indexing import image_root_for
-from ..errors import GenprompError, InputError
+from ..errors import ConfigError, GenprompError, InputError
 from ..io import atomic_dir, atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
 from .checkpoints import load_tokens
@@ -39,11 +49,20 @@ from .data import (STREAM_STEP, StepSchedule, derive_generator, draw_step_noise,
                    make_sample, read_image, resize_image)
 from .resume import fingerprint, load_optimizer_state, optimizer_state_tensors
 
-__all__ = ["Stage2Settings", "STAGE2_KEY", "train_unet", "load_concept_tokens", "register_cli", "LOG_COLUMNS", "run_train_unet_job"]
+__all__ = ["Stage2Settings", "STAGE2_KEY", "FINAL_UNET_CHOICES", "last_save_step", "train_unet", "load_concept_tokens",
+           "register_cli", "LOG_COLUMNS", "run_train_unet_job"]
 
 log = logging.getLogger(__name__)
 STAGE2_KEY = 1_000_000_007   # stream key of stage 2 (distinct from every class id)
 LOG_COLUMNS = ("micro_step", "epoch", "opt_step", "loss", "lr")
+FINAL_UNET_CHOICES = ("final_step", "last_save")
+
+
+def last_save_step(max_train_steps, save_steps):
+    """Updates done when the reference saves its last UNet: the largest g < max_train_steps with
+    (g + 1) % save_steps == 0, i.e. floor(max / save) · save − 1; None when it never saves (g ≥ 1)."""
+    g = (int(max_train_steps) // int(save_steps)) * int(save_steps) - 1
+    return g if g >= 1 else None
 
 
 @dataclass(frozen=True)
@@ -61,9 +80,26 @@ class Stage2Settings:
     adam_weight_decay: float = 1.0e-2
     adam_epsilon: float = 1.0e-8
     save_steps: int = 40
+    final_unet: str = "final_step"
     seed: int = 0
     mixed_precision: str = "no"
     num_workers: int = 0
+
+    def trained_steps(self):
+        """Optimizer updates behind the written UNet: ``max_train_steps``, or with ``final_unet:
+        last_save`` the reference's last saved step (:func:`last_save_step`)."""
+        if self.final_unet == "final_step":
+            return int(self.max_train_steps)
+        if self.final_unet != "last_save":
+            raise ConfigError(f"config key train_unet.final_unet: {self.final_unet!r} is not one of "
+                              f"{', '.join(FINAL_UNET_CHOICES)}")
+        steps = last_save_step(self.max_train_steps, self.save_steps)
+        if steps is None:
+            raise ConfigError(f"config key train_unet.final_unet: last_save with max_train_steps "
+                              f"{self.max_train_steps} and save_steps {self.save_steps}: the reference never saves "
+                              "a UNet (it saves after update g when (g + 1) % save_steps == 0, g < max_train_steps); "
+                              "lower save_steps or use final_step")
+        return steps
 
     @classmethod
     def from_config(cls, config):
@@ -179,6 +215,10 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
     from ..models.loading import load_components
 
     settings = settings or Stage2Settings()
+    n_updates = settings.trained_steps()  # refuses a final_unet the settings cannot give before any work
+    if n_updates != settings.max_train_steps:
+        log.info("final_unet %s: the written UNet is the one after update %d of %d (the reference's last save)",
+                 settings.final_unet, n_updates, settings.max_train_steps)
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     accelerator = Accelerator(mixed_precision=settings.mixed_precision,
@@ -202,7 +242,7 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
     items = sorted(((c, p) for c, paths in table.images.items() for p in paths), key=lambda x: str(x[1]))
     world = accelerator.num_processes
     schedule = StepSchedule(len(items), settings.batch_size * world, settings.gradient_accumulation_steps,
-                            None, settings.max_train_steps, settings.seed, (STAGE2_KEY,))
+                            None, n_updates, settings.seed, (STAGE2_KEY,))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.effective_lr(world),
                                   betas=(settings.adam_beta1, settings.adam_beta2),
                                   weight_decay=settings.adam_weight_decay, eps=settings.adam_epsilon)
@@ -352,7 +392,7 @@ def _run_cli(args):
 
 def register_cli(sub):
     p = sub.add_parser("train-unet", help="stage 2: finetune the UNet with the learned concept tokens",
-                       description="Finetune the full UNet (fp32) on 0.5*f_r + 0.5*f_d conditioning (SPEC § Stage 2) "
+                       description="Finetune the full UNet (fp32) on 0.5*f_r + 0.5*f_d conditioning (docs/method.md § Stage 2) "
                                    "and write results/<dataset>/unet/ in diffusers layout. Killed runs resume from "
                                    "<out>.partial/checkpoint. Use `accelerate launch` for several GPUs.")
     p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")

@@ -1,4 +1,5 @@
-# Stage 1: concept tokens (SPEC § Stage 1). One job per contiguous class shard, then a merge.
+# Stage 1: concept tokens (docs/method.md § Stage 1). One job per contiguous shard of the kept classes
+# (min(train_token.shards, kept classes) jobs, known once the index checkpoint exists), then a merge.
 # With train_token.load_token_path set, nothing is trained: merge_tokens converts/validates that
 # file or original tokens/ folder instead. Killed train_token jobs resume from
 # results/<dataset>/tokens/shard-<k>.partial/ (not an output, so Snakemake keeps it).
@@ -26,9 +27,10 @@ if not TRAIN_TOKEN["load_token_path"]:
             "logs/tokens/{dataset}/shard-{shard}.bench.tsv"
         threads: 2
         resources:
-            mem_mb=24000 if SD_SCALE else 4000,
-            runtime=24 * 60 if SD_SCALE else 60,
+            mem_mb=measured("train_token", "mem_mb"),
+            runtime=measured("train_token", "runtime"),
             gpu=max(GPUS, 0),
+            gpu_mem_mb=measured("train_token", "gpu_mem_mb"),
         script:
             "../scripts/train_token.py"
 

@@ -1,4 +1,4 @@
-# Stage 2: finetune the UNet with the learned concept tokens (SPEC § Stage 2).
+# Stage 2: finetune the UNet with the learned concept tokens (docs/method.md § Stage 2).
 # Output: results/<dataset>/unet/ in diffusers layout (marker config.json). A killed job resumes
 # from results/<dataset>/unet.partial/checkpoint (every train_unet.save_steps optimizer steps).
 # With train_unet.load_unet_path set, that finetuned unet/ folder is validated and copied instead.
@@ -24,8 +24,9 @@ rule train_unet:
         "logs/unet/{dataset}.bench.tsv"
     threads: 2
     resources:
-        mem_mb=32000 if not config["demo"]["enabled"] else 4000,
-        runtime=24 * 60 if not config["demo"]["enabled"] else 60,
+        mem_mb=measured("train_unet", "mem_mb"),
+        runtime=measured("train_unet", "runtime"),
         gpu=max(config["compute"]["gpus"], 0),
+        gpu_mem_mb=measured("train_unet", "gpu_mem_mb"),
     script:
         "../scripts/train_unet.py"
