@@ -23,7 +23,7 @@ from genpromp.cams.extract import (
 from genpromp.cams.overlay import draw_overlay, write_overlays
 from genpromp.cams.reference import reference_batch_cams
 from genpromp.config import variant_name
-from genpromp.errors import ConfigError, GenprompError
+from genpromp.errors import ConfigError, GenprompError, InputError
 from genpromp.prompts import TEMPLATES, token_index, tokenize
 
 GROUPS = groups_from_config([{"name": "mid", "blocks": ["mid"], "downsample": 8},
@@ -206,3 +206,34 @@ def test_fp16_fast_path_follows_the_fp16_reference_loop(prepared):
     err16, err32 = np.abs(fast16 - ref16).max(), np.abs(fast32 - ref16).max()
     assert err16 <= 2e-3, err16  # measured 4e-4
     assert err16 < err32, (err16, err32)  # measured 3e-3 for the float32 maps
+
+
+def test_embeddings_under_keep_class_cover_kept_and_predicted_classes(tiny_model_dir, cam_world, tmp_path):
+    """With keep_class, only kept classes need learned tokens; the embeddings cover the kept classes plus the
+    classes the classifier predicts in the test images' top 5, and a predicted class without a token is
+    localized with its meta word (f_r = f_d). A kept class without a token is refused by name."""
+    from genpromp.cams.embeddings import needed_class_ids
+    from genpromp.training.checkpoints import save_tokens
+
+    classes = read_classes(cam_world["classes"])
+    kept = [0, 2]
+    classes["kept"] = classes["class_id"].isin(kept)
+    classes.to_parquet(tmp_path / "classes.parquet")
+    predicted = {int(c) for t in TOP5 for c in t}
+    assert needed_class_ids(classes) == kept
+    assert needed_class_ids(classes, cam_world["index"], cam_world["scores"]) == sorted(set(kept) | predicted)
+    vec = cam_world["vectors"]
+    save_tokens(tmp_path / "kept.safetensors", kept, [f"<cub-{c}>" for c in kept],
+                torch.stack([vec[f"<cub-{c}>"] for c in kept]), ["bird"] * len(kept))
+    emb = read_embeddings(build_run_embeddings(tiny_model_dir, tmp_path / "classes.parquet",
+                                               str(tmp_path / "kept.safetensors"), tmp_path / "e.safetensors",
+                                               test_index=cam_world["index"], scores=cam_world["scores"]))
+    assert emb.class_ids.tolist() == sorted(set(kept) | predicted)
+    for c in sorted(predicted - set(kept)):
+        torch.testing.assert_close(emb.f_r[emb.rows([c])[0]], emb.f_d[emb.rows([c])[0]], atol=1e-6, rtol=0)
+    for c in kept:  # learned tokens are used: f_r differs from the meta word's f_d
+        assert not torch.allclose(emb.f_r[emb.rows([c])[0]], emb.f_d[emb.rows([c])[0]], atol=1e-4)
+    only0 = tmp_path / "only0.safetensors"
+    save_tokens(only0, [0], ["<cub-0>"], vec["<cub-0>"].reshape(1, -1), ["bird"])
+    with pytest.raises(InputError, match=r"<cub-2>"):
+        build_run_embeddings(tiny_model_dir, tmp_path / "classes.parquet", str(only0), tmp_path / "x.safetensors")

@@ -296,3 +296,15 @@ def test_wsol_bicubic_overshoot_is_absorbed_by_float64_minmax():
     ref /= ref.max()
     np.testing.assert_array_equal(u8, (ref * 255).astype(np.uint8))
     assert not np.array_equal(u8, _float32_wsol_pipeline(cam, 224))  # float32 rounds 3 pixels to 255
+
+
+def test_box_acc_percent_in_wsolevaluations_order():
+    """wsolevaluation reports num_correct * 100. / cnt; hits / n * 100 differs in the last bit for 1 of 7."""
+    from genpromp.evaluation.evaluator import _curve
+    from genpromp.evaluation.metrics import box_acc_curve
+
+    assert 1 * 100.0 / 7 != 1 / 7 * 100.0  # the two orders really differ here
+    ious = np.zeros((7, 2))
+    ious[0, :] = 1.0
+    assert box_acc_curve(ious, 0.5).tolist() == [1 * 100.0 / 7] * 2
+    assert _curve([1, 0], 7).tolist() == [1 * 100.0 / 7, 0.0]

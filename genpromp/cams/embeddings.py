@@ -23,7 +23,7 @@ from ..prompts import TEMPLATES, add_concept_tokens, tokenize
 __all__ = [
     "ClassEmbeddings", "read_classes", "load_token_vectors", "install_concept_tokens",
     "encode_captions", "compute_class_embeddings", "write_embeddings", "read_embeddings", "combine_embeddings",
-    "build_run_embeddings", "run_tokens", "register_cli",
+    "build_run_embeddings", "needed_class_ids", "run_tokens", "register_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,22 +64,55 @@ def load_token_vectors(path):
     return {str(k): v.float().reshape(-1) for k, v in load_tokens(path).items()}
 
 
+def needed_class_ids(classes, test_index=None, scores=None):
+    """Class ids whose embeddings CAM extraction can ask for (sorted list).
+
+    The kept classes (column ``kept`` of the class table; every class when the column is absent),
+    plus, when ``scores`` (a scores parquet) is given, every class among the top-5 predictions of the
+    test images in ``test_index`` (a test.parquet): top-1/top-5 modes localize predicted classes, which
+    may lie outside ``keep_class``.
+    """
+    kept = classes[classes["kept"].astype(bool)] if "kept" in classes.columns else classes
+    ids = {int(c) for c in kept["class_id"]}
+    if scores is not None:
+        from .extract import read_top5
+
+        top5 = read_top5(scores)
+        images = pd.read_parquet(test_index, columns=["image_id"])["image_id"] if test_index is not None else top5
+        ids.update(int(c) for iid in images if str(iid) in top5 for c in top5[str(iid)])
+    return sorted(ids)
+
+
 @torch.no_grad()
 def install_concept_tokens(tokenizer, text_encoder, classes, vectors, source="<tokens>"):
-    """Add every class's concept token to the tokenizer and set its input-embedding row from ``vectors``."""
+    """Add every class's concept token to the tokenizer and set its input-embedding row from ``vectors``.
+
+    A kept class (column ``kept``; every class when absent) without a vector is an error. A class outside
+    ``keep_class`` without one (a top-k prediction whose token was never trained) keeps the row it is
+    initialised with, its meta word's: its f_r equals its f_d. Returns the classes that got no vector
+    (list of concept tokens).
+    """
     tokens = classes["concept_token"].tolist()
-    missing = [t for t in tokens if t not in vectors]
+    kept = classes["kept"].astype(bool).tolist() if "kept" in classes.columns else [True] * len(tokens)
+    missing = [t for t, k in zip(tokens, kept) if k and t not in vectors]
     if missing:
         raise InputError(source, f"no learned vector for concept tokens {missing[:5]} ({len(missing)} missing); "
-                                 "train or import tokens for every class")
+                                 "train or import tokens for every kept class")
     ids = add_concept_tokens(tokenizer, text_encoder, tokens, classes["meta_token"].tolist())
     weight = text_encoder.get_input_embeddings().weight
+    untrained = []
     for tok_id, tok in zip(ids, tokens):
-        vec = vectors[tok]
+        vec = vectors.get(tok)
+        if vec is None:
+            untrained.append(tok)
+            continue
         if vec.numel() != weight.shape[1]:
             raise InputError(source, f"{tok}: vector of size {vec.numel()}, the text encoder needs {weight.shape[1]}")
         weight[tok_id] = vec.to(weight.dtype)
-    return ids
+    if untrained:
+        log.warning("%d predicted class(es) outside keep_class have no learned token (e.g. %s): they are "
+                    "localized with their meta word (f_r = f_d)", len(untrained), untrained[:3])
+    return untrained
 
 
 @torch.no_grad()
@@ -135,21 +168,27 @@ def combine_embeddings(emb, ratio, rows):
     return ratio * emb.f_r[rows] + (1.0 - ratio) * emb.f_d[rows]
 
 
-def build_run_embeddings(pretrained, classes_path, tokens, out_path):
-    """Compute and write a run's embeddings. ``tokens``: 'meta' or a path to trained tokens."""
+def build_run_embeddings(pretrained, classes_path, tokens, out_path, test_index=None, scores=None):
+    """Compute and write a run's embeddings. ``tokens``: 'meta' or a path to trained tokens.
+
+    Only the classes CAM extraction can ask for are encoded (:func:`needed_class_ids`: the kept classes,
+    plus the top-5 predictions of the test images when ``scores`` is given).
+    """
     from ..models.loading import load_components
 
     comps = load_components(pretrained)
     classes = read_classes(classes_path)
+    classes = classes[classes["class_id"].isin(needed_class_ids(classes, test_index, scores))].reset_index(drop=True)
     use_concept = tokens != "meta"
+    untrained = []
     if use_concept:
         vectors = load_token_vectors(tokens)
-        install_concept_tokens(comps.tokenizer, comps.text_encoder, classes, vectors, source=tokens)
+        untrained = install_concept_tokens(comps.tokenizer, comps.text_encoder, classes, vectors, source=tokens)
     emb = compute_class_embeddings(comps.tokenizer, comps.text_encoder, classes, use_concept)
     log.info("embeddings for %d classes (%s) -> %s", len(classes), "concept+meta" if use_concept else "meta only",
              out_path)
-    return write_embeddings(out_path, emb, {"tokens": tokens, "templates": len(TEMPLATES)})
-
+    return write_embeddings(out_path, emb, {"tokens": tokens, "templates": len(TEMPLATES),
+                                            "untrained_classes": len(untrained)})
 
 
 def run_tokens(config, dataset, run, results="results"):
@@ -172,7 +211,9 @@ def _cli(args):
     tokens = args.tokens or run_tokens(config, args.dataset, args.run, args.results)
     classes = args.classes or Path(args.results) / args.dataset / "index" / "classes.parquet"
     out = args.out or Path(args.results) / args.dataset / args.run / "embeddings.safetensors"
-    build_run_embeddings(args.pretrained or config["pretrained"], classes, tokens, out)
+    build_run_embeddings(args.pretrained or config["pretrained"], classes, tokens, out,
+                         test_index=args.index or Path(args.results) / args.dataset / "index" / "test.parquet",
+                         scores=args.scores)
 
 
 def register_cli(sub):
@@ -190,4 +231,7 @@ def register_cli(sub):
     p.add_argument("--tokens", default=None, help="'meta' or a token table / original tokens/ folder "
                                                   "(default: from runs.<run>.tokens)")
     p.add_argument("--out", default=None, help="output (default: <results>/<dataset>/<run>/embeddings.safetensors)")
+    p.add_argument("--scores", default=None, help="classifier scores parquet: also encode the classes predicted in "
+                                                   "the test images' top 5 (needed for top1/top5 modes)")
+    p.add_argument("--index", default=None, help="test index (default: <results>/<dataset>/index/test.parquet)")
     p.set_defaults(func=_cli)

@@ -525,7 +525,7 @@ def _load_tokenizer(path):
     from transformers import CLIPTokenizer
     if not Path(path).is_dir():
         raise GenprompError(f"tokenizer folder {path} not found (run `genpromp assets`)")
-    return CLIPTokenizer.from_pretrained(str(path))
+    return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
 def index_dataset(dataset, out_dir=None, tokenizer=None, verify="test", threads=1):

@@ -234,8 +234,9 @@ def _add(a, b):
 
 
 def _curve(hits, n):
-    """Percent curve from per-threshold hit counts: float64 [T] (== (bools).mean(axis=0) · 100)."""
-    return np.asarray(hits, dtype=np.float64) / n * 100.0
+    """Percent curve from per-threshold hit counts: float64 [T], computed as wsolevaluation's
+    ``num_correct * 100. / cnt`` (multiply first; ``hits / n * 100`` can differ in the last bit)."""
+    return np.asarray(hits, dtype=np.float64) * 100.0 / float(n)
 
 
 def _wsol_summary(hits_by_delta, n, thresholds):

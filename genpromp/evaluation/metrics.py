@@ -220,7 +220,7 @@ def box_acc_curve(best_ious, delta):
     best_ious = np.asarray(best_ious, dtype=np.float64)
     if best_ious.shape[0] == 0:
         return np.zeros(best_ious.shape[1])
-    return (best_ious >= delta).mean(axis=0) * 100.0
+    return (best_ious >= delta).sum(axis=0) * 100.0 / float(best_ious.shape[0])  # wsolevaluation's order
 
 
 def max_box_acc(best_ious, deltas):

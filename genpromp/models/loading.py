@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import GenprompError
+from ..errors import GenprompError, InputError
 
 __all__ = ["SDComponents", "load_components", "load_unet", "REQUIRED_SUBFOLDERS"]
 
@@ -46,7 +46,12 @@ def load_unet(path):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise GenprompError(f"{path}: no config.json; expected a diffusers unet/ folder")
-    return UNet2DConditionModel.from_pretrained(path, local_files_only=True)
+    try:
+        return UNet2DConditionModel.from_pretrained(path, local_files_only=True)
+    except OSError as exc:  # diffusers reports unreadable or refused weight files as OSError
+        raise InputError(path, f"cannot load the UNet weights ({exc}). A diffusion_pytorch_model.bin must be a "
+                               "plain tensor state dict (it is read with torch.load(weights_only=True), which "
+                               "refuses pickles that run code); prefer diffusion_pytorch_model.safetensors") from exc
 
 
 def load_components(path, unet_path=None):

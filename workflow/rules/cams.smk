@@ -10,7 +10,9 @@ rule embeddings:
     input:
         marker=PRETRAINED_MARKER,
         classes="results/{dataset}/index/classes.parquet",
+        test_index="results/{dataset}/index/test.parquet",
         tokens=_cam_tokens_input,
+        scores=_embeddings_scores,
     output:
         "results/{dataset}/{run}/embeddings.safetensors",
     params:

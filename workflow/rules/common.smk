@@ -245,6 +245,15 @@ def _cam_scores(wildcards):
     return f"results/{wildcards.dataset}/scores/{ds['classifier']['name']}.parquet"
 
 
+def _embeddings_scores(wildcards):
+    """The classifier scores when a main variant localizes predicted classes (top1/top5): the run's
+    embeddings then also cover the predicted classes outside keep_class."""
+    ds = config["datasets"][wildcards.dataset]
+    if not ds.get("classifier") or set(TEST["eval_modes"]) <= {"gtk"}:
+        return []
+    return scores_path(wildcards.dataset)
+
+
 def cam_shard_paths(wildcards):
     """All shard files of a variant; their number follows the test index (a checkpoint)."""
     checkpoints.index.get(dataset=wildcards.dataset)  # re-evaluated once the index exists
