@@ -312,8 +312,8 @@ def write_hostile_checkpoints(folder):
     create ``folder/UNPICKLED``. Returns the marker path (which must never exist)."""
     import torch
 
-    folder = Path(folder)
-    marker = folder / HOSTILE_MARKER
+    folder = Path(folder).absolute()
+    marker = folder / HOSTILE_MARKER  # absolute: the code would run in whatever directory loads the file
     with atomic_dir(folder) as tmp:
         (tmp / "tokens").mkdir()
         torch.save({"<cub-0>": _RunsCodeWhenUnpickled(marker)}, tmp / "tokens" / "0.bin")
