@@ -74,11 +74,8 @@ def test_processors_restored_after_an_exception(fresh_components):
     assert not any(isinstance(m.processor, TokenCaptureProcessor) for m in unet.modules() if hasattr(m, "processor"))
 
 
-def test_captured_maps_are_explicit_softmax(fresh_components):
-    """The stored mid map equals softmax(QKᵀ·scale)[..., token] averaged over heads, recomputed by hand."""
-    unet = fresh_components.unet
-    x, t, cond = _inputs(fresh_components)
-    attn = unet.mid_block.attentions[0].transformer_blocks[0].attn2
+def _captured_mid_map(unet, attn, x, t, cond):
+    """The captured mid-group map of one UNet pass, and {"h": the hidden states ``attn`` received}."""
     seen = {}
 
     def keep_input(module, args, kwargs):
@@ -91,6 +88,15 @@ def test_captured_maps_are_explicit_softmax(fresh_components):
             got = store.group_maps()["mid"]
     finally:
         hook.remove()
+    return got, seen
+
+
+def test_captured_maps_are_explicit_softmax(fresh_components):
+    """The stored mid map equals softmax(QKᵀ·scale)[..., token] averaged over heads, recomputed by hand."""
+    unet = fresh_components.unet
+    x, t, cond = _inputs(fresh_components)
+    attn = unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    got, seen = _captured_mid_map(unet, attn, x, t, cond)
     h = seen["h"]
     q = attn.to_q(h).view(2, -1, attn.heads, h.shape[-1] // attn.heads).transpose(1, 2)
     k = attn.to_k(cond).view(2, -1, attn.heads, q.shape[-1]).transpose(1, 2)
@@ -139,18 +145,7 @@ def test_fp16_capture_equals_the_original_fp16_softmax(fresh_components):
     x, cond = x.half(), cond.half()
     attn = unet.mid_block.attentions[0].transformer_blocks[0].attn2
     assert not attn.upcast_attention and not attn.upcast_softmax  # as SD-1.4's UNet config
-    seen = {}
-
-    def keep_input(module, args, kwargs):
-        seen["h"] = args[0] if args else kwargs["hidden_states"]
-
-    hook = attn.register_forward_pre_hook(keep_input, with_kwargs=True)
-    try:
-        with torch.no_grad(), capture_cross_attention(unet, TOKEN, GROUPS, (16, 16)) as store:
-            unet(x, t, cond)
-            got = store.group_maps()["mid"]
-    finally:
-        hook.remove()
+    got, seen = _captured_mid_map(unet, attn, x, t, cond)
     with torch.no_grad():
         heads, n = attn.heads, 2
         q = attn.to_q(seen["h"])
