@@ -57,7 +57,12 @@ def run(cmd, cwd, offline):
     prefix, env = offline_prefix() if offline else ([], {})
     proc = subprocess.run(prefix + ["bash", "-c", cmd], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S,
                           env=dict(os.environ, PYTHONHASHSEED="0", **env))
-    assert proc.returncode == 0, f"{cmd}\nfailed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    if proc.returncode != 0:
+        out = proc.stdout + proc.stderr
+        logs = "".join(f"\n--- {name} (tail) ---\n{(Path(cwd) / name).read_text()[-4000:]}"
+                       for name in dict.fromkeys(re.findall(r"log: (\S+) \(check log", out))
+                       if (Path(cwd) / name).is_file())
+        pytest.fail(f"{cmd}\nfailed ({proc.returncode}):\n{out[-6000:]}{logs}")
     return proc.stdout + proc.stderr
 
 
@@ -206,7 +211,7 @@ def _rehearse(workdir):
             summaries[run_name, variant] = summary
             assert json.dumps(summary).count("NaN") == 0
             cams = pd.read_parquet(results / f"{run_name}/cams/{variant}/index.parquet")
-            assert len(cams) == len(test), (run_name, variant)
+            assert set(cams["image_id"]) == set(test["image_id"]), (run_name, variant)  # one row per image and role
     first = {}
     for r in ("genpromp", "no_stage2"):
         with np.load(sorted((results / f"{r}/cams/gtk_w0.60_t0-99").glob("shard-*.npz"))[0]) as npz:
