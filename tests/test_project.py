@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pinned = project["dependencies"] + project["optional-dependencies"]["test"]
+    pinned = (project["dependencies"] + project["optional-dependencies"]["test"]
+              + project["optional-dependencies"]["tracking"])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(pip) == sorted(pinned)

@@ -211,9 +211,17 @@ def _cli(args):
     tokens = args.tokens or run_tokens(config, args.dataset, args.run, args.results)
     classes = args.classes or Path(args.results) / args.dataset / "index" / "classes.parquet"
     out = args.out or Path(args.results) / args.dataset / args.run / "embeddings.safetensors"
+    scores = args.scores
+    classifier = config["datasets"][args.dataset].get("classifier")
+    if scores is None and classifier and set(config["test"]["eval_modes"]) - {"gtk"}:
+        # as the workflow: top1/top5 modes localize predicted classes, which may lie outside keep_class
+        scores = Path(args.results) / args.dataset / "scores" / f"{classifier['name']}.parquet"
+        if not scores.is_file():
+            raise GenprompError(f"{scores}: classifier scores not found; the config's eval modes "
+                                f"{config['test']['eval_modes']} need them (run import-scores first, or pass --scores)")
     build_run_embeddings(args.pretrained or config["pretrained"], classes, tokens, out,
                          test_index=args.index or Path(args.results) / args.dataset / "index" / "test.parquet",
-                         scores=args.scores)
+                         scores=scores)
 
 
 def register_cli(sub):
@@ -232,6 +240,7 @@ def register_cli(sub):
                                                   "(default: from runs.<run>.tokens)")
     p.add_argument("--out", default=None, help="output (default: <results>/<dataset>/<run>/embeddings.safetensors)")
     p.add_argument("--scores", default=None, help="classifier scores parquet: also encode the classes predicted in "
-                                                   "the test images' top 5 (needed for top1/top5 modes)")
+                                                   "the test images' top 5 (default: the dataset's imported scores "
+                                                   "when the config's eval modes include top1/top5)")
     p.add_argument("--index", default=None, help="test index (default: <results>/<dataset>/index/test.parquet)")
     p.set_defaults(func=_cli)

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from ..errors import GenprompError, InputError
 from ..io import atomic_path, resolve_inside, write_text_atomic
 from ..prompts import TEMPLATES, token_index, tokenize
+from ..tracking import show_progress, standalone_tracker, tracking_spec
 from ..cams.capture import ExplicitAttentionProcessor
 from ..data.synth import DEFAULT_OBJECT_SIZE, DEFAULT_OUTLINE
 from .tiny import create_tiny_components, save_components
@@ -211,14 +212,16 @@ def _random_crops(images_u8, batch, crop, gen):
     return _to_unit(out)
 
 
-def train_vae(vae, images_u8, settings, gen, log_rows, t0):
-    """Train ``vae`` for ``settings.vae_steps`` steps on random crops; append loss rows; return vae."""
+def train_vae(vae, images_u8, settings, gen, log_rows, t0, tracker=None):
+    """Train ``vae`` for ``settings.vae_steps`` steps on random crops; append loss rows; return vae.
+    ``tracker``: an accelerate tracker (:func:`genpromp.tracking.standalone_tracker`) that also gets
+    ``vae/loss``, ``vae/mse``, ``vae/kl`` and ``vae/lr`` per step."""
     if settings.vae_steps == 0:
         return vae
     crop = min(settings.vae_crop, images_u8.shape[-1])
     opt = torch.optim.AdamW(vae.parameters(), lr=settings.vae_learning_rate, weight_decay=0.0)
     vae.train()
-    for step in tqdm(range(1, settings.vae_steps + 1), desc="pretrain VAE", mininterval=5):
+    for step in tqdm(range(1, settings.vae_steps + 1), desc="pretrain VAE", mininterval=5, disable=not show_progress()):
         x = _random_crops(images_u8, settings.vae_batch_size, crop, gen)
         lr = settings.vae_learning_rate * _lr_factor(step, settings.warmup_steps, settings.vae_steps)
         for g in opt.param_groups:
@@ -235,6 +238,8 @@ def train_vae(vae, images_u8, settings, gen, log_rows, t0):
         opt.step()
         log_rows.append(("vae", step, loss.item(), mse.item(), kl.item(), float("nan"), lr,
                          time.perf_counter() - t0))
+        if tracker is not None:
+            tracker.log({"vae/loss": loss.item(), "vae/mse": mse.item(), "vae/kl": kl.item(), "vae/lr": lr}, step=step)
     vae.eval()
     return vae
 
@@ -446,13 +451,14 @@ def _training_caption(caption, rng, settings):
 
 
 def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions, scale, settings,
-                   gen, log_rows, t0, boxes=None):
+                   gen, log_rows, t0, boxes=None, tracker=None):
     """Jointly train UNet and text encoder for epsilon prediction; append loss rows.
 
     means / stds: posteriors [N, 4, h, w]; captions: list of N strings. Half the samples are mirrored
     (in latent space). boxes: float32 [N, 4] union boxes as image fractions; with
     ``attention_loss_weight`` > 0 the loss adds that weight × :func:`attention_alignment_loss` over the
-    object words of one-object captions at timesteps < ``attention_loss_max_t``.
+    object words of one-object captions at timesteps < ``attention_loss_max_t``. ``tracker``: an
+    accelerate tracker that also gets ``unet/loss``, ``unet/mse``, ``unet/lr`` (and ``unet/attn``) per step.
     """
     if settings.unet_steps == 0:
         return
@@ -471,7 +477,8 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captio
     n = means.shape[0]
     ctx = attention_alignment(unet, means.shape[-2:]) if align else contextlib.nullcontext()
     with ctx as recorder:
-        for step in tqdm(range(1, settings.unet_steps + 1), desc="pretrain UNet+text", mininterval=5):
+        for step in tqdm(range(1, settings.unet_steps + 1), desc="pretrain UNet+text", mininterval=5,
+                         disable=not show_progress()):
             idx = torch.randint(0, n, (settings.batch_size,), generator=gen)
             flip = torch.rand(settings.batch_size, generator=gen) < 0.5
             latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
@@ -505,6 +512,9 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captio
             opt.step()
             log_rows.append(("unet", step, loss.item(), mse.item(), float("nan"), attn_value, lr,
                              time.perf_counter() - t0))
+            if tracker is not None:
+                tracker.log({"unet/loss": loss.item(), "unet/mse": mse.item(), "unet/lr": lr,
+                             **({"unet/attn": attn_value} if align else {})}, step=step)
     unet.eval()
     text_encoder.eval()
 
@@ -691,8 +701,11 @@ def components_for(settings, tokenizer_dir):
 
 
 def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png=None, diagnostic_json=None,
-                  settings=None):
+                  settings=None, tracking=None):
     """Build the tiny model, pretrain it on the corpus and write it to ``out_dir`` (atomically).
+
+    ``tracking``: a :class:`~genpromp.tracking.TrackingSpec`; when on, both phases log their losses and
+    learning rates to that tracker.
 
     Returns the diagnostic dict (timings, losses, scaling factor, localization scores).
     """
@@ -712,7 +725,8 @@ def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png
     rows = []
     log.info("corpus: %d images (%d held out) at %d px; loaded in %.1f s", len(items), settings.holdout,
              settings.resolution, time.perf_counter() - t0)
-    train_vae(vae, train_images, settings, gen, rows, t0)
+    tracker = standalone_tracker(tracking)
+    train_vae(vae, train_images, settings, gen, rows, t0, tracker)
     t_vae = time.perf_counter() - t0
     means, stds = encode_posteriors(vae, train_images)
     scale = scale_from_posteriors(means, stds, gen)
@@ -720,7 +734,9 @@ def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png
     log.info("VAE done at %.1f s; latent std %.4f -> scaling_factor %.5f", t_vae, 1 / scale, scale)
     boxes = corpus_boxes(items[:len(train_images)]) if settings.attention_loss_weight > 0 else None
     train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions[:len(train_images)], scale,
-                   settings, gen, rows, t0, boxes=boxes)
+                   settings, gen, rows, t0, boxes=boxes, tracker=tracker)
+    if tracker is not None:
+        tracker.finish()
     t_unet = time.perf_counter() - t0
     report = {"settings": asdict(settings), "scaling_factor": scale, "seconds_vae": t_vae,
               "seconds_train": t_unet, "final_vae_loss": _tail_mean(rows, "vae"),
@@ -776,7 +792,7 @@ def _cli(args):
     settings = settings_from_config(config)
     corpus = args.corpus or str(Path(config["demo"]["root"]) / "corpus")
     pretrain_tiny(corpus, args.tokenizer, args.out or config["pretrained"], args.loss_csv, args.samples,
-                  args.diagnostic, settings)
+                  args.diagnostic, settings, tracking_spec(config, "demo_model", "pretrain_tiny"))
 
 
 def register_cli(sub):

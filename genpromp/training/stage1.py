@@ -73,6 +73,7 @@ from ..data.indexing import image_root_for
 from ..errors import GenprompError
 from ..io import atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
+from ..tracking import accelerator_kwargs, log_values, show_progress, start_tracking, tracking_spec
 from .checkpoints import merge_token_tables, read_token_table, save_tokens
 from .data import (STREAM_STEP, MicroStep, StepSchedule, derive_generator, draw_step_noise, latent_shape,
                    load_training_table, make_pixel_batch, make_sample, read_image, resize_image,
@@ -306,15 +307,18 @@ class _CsvLog:
 def _progress(total, accelerator, desc):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not accelerator.is_local_main_process, mininterval=1.0)
+    return tqdm(total=total, desc=desc, disable=not (accelerator.is_local_main_process and show_progress()),
+                mininterval=1.0)
 
 
 def train_classes_concurrent(models, class_ids, images, settings, accelerator, checkpoint_dir=None,
-                             log_path=None, job_fingerprint=None, progress=True):
+                             log_path=None, job_fingerprint=None, progress=True, tracking=None):
     """Train the concept rows of ``class_ids`` with up to ``settings.concurrent_classes`` classes per batch.
 
     ``images``: {class_id: list of uint8 [R, R, 3] resized images, sorted by image id}.
     ``checkpoint_dir``: resumable state (every ``checkpoint_every × grad_accum`` iterations).
+    ``tracking``: a :class:`~genpromp.tracking.TrackingSpec` whose tracker the accelerator was built with;
+    each iteration then logs ``loss/class_<id>`` of the classes trained in it and ``lr``.
     Returns {class_id: float32 [D] learned row}.
     """
     order = [int(c) for c in class_ids]
@@ -405,6 +409,9 @@ def train_classes_concurrent(models, class_ids, images, settings, accelerator, c
                 finished[run.class_id] = run.row.detach().to("cpu").clone()
             else:
                 still.append(run)
+        log_values(accelerator, tracking, {**{f"loss/class_{r.class_id}": loss.item()
+                                              for r, loss in zip(active, class_losses)},
+                                           "lr": settings.effective_lr()}, iteration)
         if bar is not None:
             bar.set_postfix(loss=f"{torch.stack(class_losses).mean().item():.4f}", classes=len(finished))
         active[:] = still
@@ -563,12 +570,13 @@ def _job_fingerprint(settings, table, class_ids, pretrained, num_processes):
 
 
 def train_token_shard(pretrained, train_parquet, classes_parquet, image_root, out_path, shard=0, n_shards=1,
-                      settings=None, log_csv=None, progress=True):
+                      settings=None, log_csv=None, progress=True, tracking=None):
     """Train the concept tokens of class shard ``shard`` and write our token table.
 
     The class table's kept classes are split into ``planned_shards(n_shards, kept)`` shards.
     Resumable: state lives in ``<out>.partial/`` (not a Snakemake output, so it survives a killed
     job) and the rerun continues from the last checkpoint with an identical result.
+    ``tracking``: a :class:`~genpromp.tracking.TrackingSpec` (None or kind None = no tracker).
     """
     from accelerate import Accelerator
 
@@ -576,7 +584,9 @@ def train_token_shard(pretrained, train_parquet, classes_parquet, image_root, ou
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.stem + ".partial")
     accelerator = Accelerator(mixed_precision=settings.mixed_precision,
-                              gradient_accumulation_steps=settings.gradient_accumulation_steps)
+                              gradient_accumulation_steps=settings.gradient_accumulation_steps,
+                              **accelerator_kwargs(tracking))
+    start_tracking(accelerator, tracking, {**asdict(settings), "shard": shard})
     full = load_training_table(train_parquet, classes_parquet, image_root)
     ids = shard_classes(full.class_ids, n_shards, shard)
     mine = ids[accelerator.process_index::accelerator.num_processes]
@@ -594,7 +604,7 @@ def train_token_shard(pretrained, train_parquet, classes_parquet, image_root, ou
         images = {c: [resize_image(read_image(p), settings.resolution) for p in table.images[c]] for c in mine}
         models.text_encoder.set_input_embeddings(ConceptTokenEmbedding(models.text_encoder.get_input_embeddings()))
         rows = train_classes_concurrent(models, mine, images, settings, accelerator, rank_dir / "checkpoint",
-                                        rank_dir / "log.csv", job_fp, progress)
+                                        rank_dir / "log.csv", job_fp, progress, tracking)
     infos = {c.class_id: c for c in full.classes}
     part = rank_dir / "result.safetensors"
     width = models.text_encoder.get_input_embeddings().weight.shape[1]
@@ -609,6 +619,8 @@ def train_token_shard(pretrained, train_parquet, classes_parquet, image_root, ou
             _merge_logs([p / "log.csv" for p in parts], log_csv)
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
+    if tracking is not None and tracking.kind:
+        accelerator.end_training()  # closes the tracker's files
     return out_path
 
 
@@ -643,7 +655,7 @@ def run_train_token_job(config, dataset, shard, out, log_csv, results="results")
     return train_token_shard(config["pretrained"], index / "train.parquet", index / "classes.parquet",
                              image_root_for(ds),
                              out, shard, config["train_token"]["shards"], Stage1Settings.from_config(config),
-                             log_csv)
+                             log_csv, tracking=tracking_spec(config, dataset, "train_token", f"shard-{shard}"))
 
 
 def _run_cli(args):
@@ -659,7 +671,8 @@ def _run_cli(args):
     out = Path(args.out or results / "tokens" / f"shard-{args.shard}.safetensors")
     train_token_shard(config["pretrained"], results / "index" / "train.parquet",
                       results / "index" / "classes.parquet", image_root_for(ds), out, args.shard,
-                      config["train_token"]["shards"], settings, out.with_suffix(".log.csv"))
+                      config["train_token"]["shards"], settings, out.with_suffix(".log.csv"),
+                      tracking=tracking_spec(config, args.dataset, "train_token", f"shard-{args.shard}"))
 
 
 def register_cli(sub):

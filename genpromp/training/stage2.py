@@ -44,6 +44,7 @@ from ..data.indexing import image_root_for
 from ..errors import ConfigError, GenprompError, InputError
 from ..io import atomic_dir, atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
+from ..tracking import accelerator_kwargs, log_values, show_progress, start_tracking, tracking_spec
 from .checkpoints import load_tokens
 from .data import (STREAM_STEP, StepSchedule, derive_generator, draw_step_noise, latent_shape, load_training_table,
                    make_sample, read_image, resize_image)
@@ -207,8 +208,11 @@ def _conditioning(text_encoder, concept, meta, device):
 
 
 def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_path, out_dir, settings=None,
-               log_csv=None, progress=True):
-    """Finetune the UNet and write it to ``out_dir`` in diffusers layout (``config.json`` + safetensors)."""
+               log_csv=None, progress=True, tracking=None):
+    """Finetune the UNet and write it to ``out_dir`` in diffusers layout (``config.json`` + safetensors).
+
+    ``tracking``: a :class:`~genpromp.tracking.TrackingSpec`; when on, every micro-step logs ``loss``
+    and ``lr`` at its micro-step number. The progress bar is drawn only on a terminal."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -222,7 +226,9 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     accelerator = Accelerator(mixed_precision=settings.mixed_precision,
-                              gradient_accumulation_steps=settings.gradient_accumulation_steps)
+                              gradient_accumulation_steps=settings.gradient_accumulation_steps,
+                              **accelerator_kwargs(tracking))
+    start_tracking(accelerator, tracking, asdict(settings))
     table = load_training_table(train_parquet, classes_parquet, image_root)
     comps = load_components(pretrained)
     load_concept_tokens(comps.tokenizer, comps.text_encoder, table.classes, tokens_path)
@@ -264,7 +270,7 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
     writer_fh = _open_log(log_path, start)
     writer = csv.DictWriter(writer_fh, LOG_COLUMNS)
     bar = tqdm(total=schedule.total_steps, initial=opt_steps, desc="train_unet",
-               disable=not (progress and accelerator.is_local_main_process), mininterval=1.0)
+               disable=not (progress and accelerator.is_local_main_process and show_progress()), mininterval=1.0)
     for data in loader:
         micro = int(data["micro"][0])
         sync, epoch = sync_of[micro]
@@ -293,6 +299,7 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
         bar.set_postfix(loss=f"{loss.item():.4f}")
         writer.writerow(dict(micro_step=micro, epoch=epoch, opt_step=opt_steps, loss=f"{loss.item():.6f}",
                              lr=settings.effective_lr(world)))
+        log_values(accelerator, tracking, {"loss": loss.item(), "lr": settings.effective_lr(world)}, micro)
         if sync and opt_steps % settings.save_steps == 0 and opt_steps < schedule.total_steps:
             writer_fh.flush()
             accelerator.wait_for_everyone()
@@ -374,7 +381,7 @@ def run_train_unet_job(config, dataset, out_dir, log_csv, tokens=None, results="
     index = Path(results) / dataset / "index"
     return train_unet(config["pretrained"], index / "train.parquet", index / "classes.parquet",
                       image_root_for(config["datasets"][dataset]), tokens, out_dir, Stage2Settings.from_config(config),
-                      log_csv)
+                      log_csv, tracking=tracking_spec(config, dataset, "train_unet"))
 
 
 def _run_cli(args):
@@ -387,7 +394,8 @@ def _run_cli(args):
     out = Path(args.out or results / "unet")
     train_unet(config["pretrained"], results / "index" / "train.parquet", results / "index" / "classes.parquet",
                image_root_for(config["datasets"][args.dataset]), args.tokens or results / "tokens" / "tokens.safetensors",
-               out, Stage2Settings.from_config(config), Path(str(out) + ".log.csv"))
+               out, Stage2Settings.from_config(config), Path(str(out) + ".log.csv"),
+               tracking=tracking_spec(config, args.dataset, "train_unet"))
 
 
 def register_cli(sub):

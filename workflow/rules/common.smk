@@ -39,6 +39,9 @@ for _name in METHOD_DATASETS:
         )
 
 
+# compute.* keys that only say where losses are logged: the training scripts read them from the full
+# config, so switching a tracker on or off reruns nothing.
+TRACKING_KEYS = ("tracker", "tracking_dir")
 # Keys of a dataset entry that only matter after CAMs exist: changing them reruns evaluation only.
 EVAL_ONLY_DATASET_KEYS = ("cam_thr", "method", "masks")
 # test.* keys that do not change the maps (the mode and ratio come from the variant name).
@@ -53,7 +56,8 @@ def dataset_view(dataset, drop=EVAL_ONLY_DATASET_KEYS):
 def stage_config(dataset, *sections):
     """The part of the config a stage depends on, passed as a rule param so that Snakemake's
     params trigger reruns exactly the stages whose settings changed (and nothing upstream)."""
-    view = {"seed": config["seed"], "pretrained": config["pretrained"], "compute": config["compute"],
+    view = {"seed": config["seed"], "pretrained": config["pretrained"],
+            "compute": {k: v for k, v in config["compute"].items() if k not in TRACKING_KEYS},
             "demo": config["demo"], "datasets": {dataset: dataset_view(dataset)}}
     for section in sections:
         view[section] = config[section]
@@ -125,7 +129,8 @@ def overlay_targets():
 
 
 TABLES = ["main.csv", "main.md", "combine_ratio.csv", "combine_ratio.png", "threshold_curve.csv",
-          "threshold_curve.png", "error_breakdown.csv", "error_breakdown.md", "pr_curve.csv", "pr_curve.png"]
+          "threshold_curve.png", "error_breakdown.csv", "error_breakdown.md", "pr_curve.csv", "pr_curve.png",
+          "calibration.csv", "calibration.md"]
 
 
 def table_targets():
@@ -294,3 +299,8 @@ def token_shards(wildcards):
     n_shards = min(TRAIN_TOKEN["shards"], len(kept))
     return expand("results/{dataset}/tokens/shard-{shard}.safetensors", dataset=wildcards.dataset,
                   shard=range(n_shards))
+
+
+# ---------------------------------------------------------------- calibration stage
+# (after `measured`, which its extraction rule uses; off unless evaluation.calibration is set)
+include: "calibrate.smk"

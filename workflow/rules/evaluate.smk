@@ -22,7 +22,7 @@ rule evaluate_shard:
         per_image="results/{dataset}/{run}/eval/{variant}/parts/part-{part}.parquet",
         state="results/{dataset}/{run}/eval/{variant}/parts/part-{part}.json",
     params:
-        evaluation=config["evaluation"],
+        evaluation=EVAL_SECTION,
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
         shards=_part_cam_shards,
         masks=_eval_masks_param,
@@ -50,7 +50,7 @@ rule merge_eval:
         per_image="results/{dataset}/{run}/eval/{variant}/per_image.parquet",
         summary="results/{dataset}/{run}/eval/{variant}/summary.json",
     params:
-        evaluation=config["evaluation"],
+        evaluation=EVAL_SECTION,
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
         meta=_eval_meta,
     conda:
@@ -76,7 +76,7 @@ rule evaluate_baselines:
         center="results/{dataset}/baselines/center/summary.json",
         full="results/{dataset}/baselines/full/summary.json",
     params:
-        evaluation=config["evaluation"],
+        evaluation=EVAL_SECTION,
         cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
         masks=_eval_masks_param,
     conda:

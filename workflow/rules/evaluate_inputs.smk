@@ -15,6 +15,11 @@ wildcard_constraints:
     part=r"[0-9]+",
 
 
+# The evaluation settings the scoring rules take as params: evaluation.calibration changes no score of
+# these rules, so it is left out (switching calibration on or off does not rerun the test evaluation).
+EVAL_SECTION = {k: v for k, v in config.get("evaluation", {}).items() if k != "calibration"}
+
+
 def _eval_scores(wildcards):
     ds = config["datasets"][wildcards.dataset]
     if wildcards.variant.startswith("gtk_") or not ds.get("classifier"):
@@ -76,6 +81,31 @@ def _eval_meta(wildcards):
             "mode": match["mode"] if match else None, "ratio": float(match["ratio"]) if match else None,
             "cams": f"results/{wildcards.dataset}/{wildcards.run}/cams/{wildcards.variant}",
             "scores": _eval_scores(wildcards) or None}
+
+
+# ---------------------------------------------------------------- calibration (calibrate.smk)
+def heldout_cam_shard_paths(wildcards):
+    """All shard files of a held-out CAM cache; their number follows the held-out index (a checkpoint)."""
+    index = checkpoints.heldout_index.get(dataset=wildcards.dataset).output[0]
+    n_images = _eval_pd.read_parquet(index, columns=["image_id"]).shape[0]
+    n_shards = max(1, -(-n_images // int(config["test"]["shard_size"])))
+    return [f"results/{wildcards.dataset}/{wildcards.run}/heldout/cams/{wildcards.variant}/shard-{k:05d}.npz"
+            for k in range(n_shards)]
+
+
+def heldout_summary_for(wildcards):
+    """Held-out summary that calibrates a test variant: the gtk variant of the same ratio and timesteps."""
+    from genpromp.evaluation.calibration import heldout_variant
+
+    return f"results/{wildcards.dataset}/{wildcards.run}/heldout/eval/{heldout_variant(wildcards.variant)}/summary.json"
+
+
+def calibration_files(wildcards=None):
+    """calibration.json of every main-variant summary (eval_summaries()) when evaluation.calibration is
+    set, else []."""
+    if not config.get("evaluation", {}).get("calibration"):
+        return []
+    return [p.removesuffix("summary.json") + "calibration.json" for p in eval_summaries()]
 
 
 # ---------------------------------------------------------------- tables stage

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from genpromp.models.pretrain import pretrain_tiny, settings_from_config
+from genpromp.tracking import tracking_spec
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -18,4 +19,6 @@ pretrain_tiny(
     samples_png=snakemake.output.samples,
     diagnostic_json=snakemake.output.diagnostic,
     settings=settings_from_config(snakemake.params.config),
+    # compute.tracker is read from the full config: it is not a param, so switching it reruns nothing
+    tracking=tracking_spec(snakemake.config, "demo_model", "pretrain_tiny"),
 )

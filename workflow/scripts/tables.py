@@ -11,4 +11,5 @@ from genpromp.evaluation.tables import write_tables  # noqa: E402
 
 sm = snakemake  # noqa: F821
 write_tables(Path(sm.output.main_csv).parent, list(sm.input.summaries), list(sm.input.ablation),
-             list(sm.input.baselines), meta={str(k): v for k, v in dict(sm.params.meta).items()})
+             list(sm.input.baselines), meta={str(k): v for k, v in dict(sm.params.meta).items()},
+             calibration_paths=list(sm.input.calibrations))
