@@ -101,3 +101,15 @@ def test_pxap_column_and_pr_curve(tmp_path):
 def test_to_markdown():
     md = to_markdown(pd.DataFrame({"a": ["x", None], "b": [1.234, np.nan]}))
     assert md.splitlines() == ["| a | b |", "|---|---|", "| x | 1.2 |", "| – | – |"]
+
+
+def test_markdown_writes_thresholds_as_configured():
+    """A threshold column keeps the config's precision (cam_thr 0.23 is not shown as 0.2); metrics keep 1 decimal."""
+    import pandas as pd
+
+    from genpromp.evaluation.tables import to_markdown
+
+    md = to_markdown(pd.DataFrame({"metric": [87.04, 100.0], "fixed_threshold": [0.23, 0.0],
+                                   "oracle_threshold": [0.125, None]}))
+    assert md.splitlines()[2] == "| 87.0 | 0.23 | 0.125 |"
+    assert md.splitlines()[3] == "| 100.0 | 0 | – |"

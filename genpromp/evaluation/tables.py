@@ -189,14 +189,23 @@ CALIBRATION_NOTE = (
     "(optimistic; MaxBoxAccV2 in main.md is this choice). Ties go to the lowest threshold.\n\n")
 
 
+def _threshold_text(v):
+    """A threshold as written in the config: up to 4 decimals, trailing zeros dropped (0.23, 0.1, 0)."""
+    return f"{v:.4f}".rstrip("0").rstrip(".")
+
+
 def to_markdown(df, digits=1):
-    """A GitHub Markdown table; floats with ``digits`` decimals, missing values as '–'."""
-    def fmt(v):
+    """A GitHub Markdown table; floats with ``digits`` decimals (columns named ``*threshold`` as
+    thresholds: 0.23, not 0.2), missing values as '–'."""
+    def fmt(v, column):
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return "–"
-        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return _threshold_text(v) if column.endswith("threshold") else f"{v:.{digits}f}"
+        return str(v)
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(fmt(v, c) for v, c in zip(row, df.columns)) + " |"
+              for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
