@@ -45,6 +45,8 @@ COMMANDS = (
     ("localize", "genpromp.localize", "localize a class in your own images (heat map, boxes, overlay)"),
     ("import-wsol-maps", "genpromp.cams.wsol_maps", "import wsolevaluation .npy score maps into a CAM cache"),
     ("export-wsol-maps", "genpromp.cams.wsol_maps", "export a CAM cache as wsolevaluation .npy score maps"),
+    ("export-pipeline", "genpromp.models.pipeline",
+     "assemble a diffusers pipeline folder (pretrained + finetuned UNet)"),
     ("export-tokens", "genpromp.textual_inversion",
      "export learned concept tokens as diffusers textual-inversion files"),
 )

@@ -8,6 +8,8 @@ loaded by exactly the code that loads ``stable-diffusion-v1-4`` (``genpromp.mode
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import torch
@@ -119,13 +121,17 @@ def _init_posterior_logvar(vae, logvar):
 
 
 def save_components(out_dir, tokenizer, text_encoder, vae, unet, scheduler):
-    """Write the five components to ``out_dir`` in the diffusers folder layout, atomically."""
+    """Write the five components and ``model_index.json`` to ``out_dir`` in the diffusers pipeline layout
+    (``StableDiffusionPipeline.from_pretrained`` loads it), atomically."""
+    from .pipeline import MODEL_INDEX_NAME, model_index
+
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
         text_encoder.save_pretrained(tmp / "text_encoder")
         vae.save_pretrained(tmp / "vae")
         unet.save_pretrained(tmp / "unet")
         scheduler.save_pretrained(tmp / "scheduler")
+        (tmp / MODEL_INDEX_NAME).write_text(json.dumps(model_index(type(scheduler).__name__), indent=2) + "\n")
     return Path(out_dir)
 
 
