@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["atomic_path", "atomic_dir", "resolve_inside", "write_text_atomic"]
+__all__ = ["atomic_path", "atomic_dir", "resolve_inside", "write_text_atomic", "current_umask"]
 
 
 @contextlib.contextmanager
@@ -67,7 +67,7 @@ def atomic_dir(dest):
         raise
 
 
-def _umask():
+def current_umask():
     """The process umask (read from /proc where possible: setting it to read it races with threads)."""
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -81,7 +81,7 @@ def _umask():
 def _apply_umask(path):
     """Give ``path`` (and, for a folder, everything below it) the mode a new file or folder gets
     under the current umask; files keep their executable bit. Symlinks are left alone."""
-    mask = _umask()
+    mask = current_umask()
 
     def fix(p):
         st = os.lstat(p)

@@ -51,3 +51,21 @@ def test_export_pipeline_refuses_an_incomplete_source(tmp_path, tiny_model_dir):
     with pytest.raises(GenprompError, match="no config.json"):
         export_pipeline(tiny_model_dir, tmp_path / "pipe", unet=tmp_path / "empty_unet")
     assert not (tmp_path / "pipe").exists()
+
+
+def test_export_pipeline_leaves_the_source_modes_alone(tmp_path, tiny_model_dir):  # noqa: F811
+    """A hard link shares its source's mode: a source file with another mode is copied, not linked, so the
+    umask applied to the new folder never changes the pretrained folder."""
+    import os
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_model_dir, src)
+    weights = next((src / "vae").glob("*.safetensors"))
+    os.chmod(weights, 0o600)
+    out = export_pipeline(src, tmp_path / "pipe")
+    assert os.stat(weights).st_mode & 0o777 == 0o600
+    copied = out / "vae" / weights.name
+    assert os.stat(copied).st_ino != os.stat(weights).st_ino
+    linked = out / "unet" / "config.json"
+    assert os.stat(linked).st_ino == os.stat(src / "unet" / "config.json").st_ino  # same mode: linked

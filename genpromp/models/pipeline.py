@@ -10,14 +10,16 @@ diffusers code. No safety checker or feature extractor is listed (``requires_saf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from ..errors import GenprompError
-from ..io import atomic_dir
+from ..io import atomic_dir, current_umask
 
 __all__ = ["MODEL_INDEX_NAME", "COMPONENTS", "model_index", "export_pipeline", "register_cli"]
 
@@ -54,11 +56,16 @@ def _scheduler_class(folder):
 
 
 def _link_or_copy(src, dst):
-    """Hard-link ``src`` to ``dst`` (no extra disk for multi-GB weights), copying across filesystems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    """Hard-link ``src`` to ``dst`` (no extra disk for multi-GB weights) when its mode is already the one
+    the finished folder gets (atomic_dir applies the umask to the tree, and a chmod through a hard link
+    would change the source file); copy otherwise, or across filesystems."""
+    mode = os.stat(src).st_mode & 0o777
+    wanted = (0o777 if mode & stat.S_IXUSR else 0o666) & ~current_umask()
+    if mode == wanted:
+        with contextlib.suppress(OSError):
+            os.link(src, dst)
+            return dst
+    shutil.copy2(src, dst)
     return dst
 
 
