@@ -76,9 +76,9 @@ from ..prompts import TEMPLATES, add_concept_tokens, tokenize
 from ..tracking import accelerator_kwargs, log_values, show_progress, start_tracking, tracking_spec
 from .checkpoints import merge_token_tables, read_token_table, save_tokens
 from .data import (STREAM_STEP, MicroStep, StepSchedule, derive_generator, draw_step_noise, latent_shape,
-                   load_training_table, make_pixel_batch, make_sample, read_image, resize_image,
-                   trained_class_ids)
+                   load_training_table, make_pixel_batch, make_sample, read_image, resize_image)
 from .resume import fingerprint, load_optimizer_state, optimizer_state_tensors, read_checkpoint, write_checkpoint
+from .shards import planned_shards, token_shard_count
 
 __all__ = [
     "Stage1Settings", "ConceptTokenEmbedding", "Stage1Models", "load_stage1_models", "class_schedule",
@@ -208,18 +208,6 @@ def class_schedule(settings, class_id, n_images):
     return StepSchedule(n_images, settings.batch_size, settings.gradient_accumulation_steps,
                         settings.num_train_epochs, settings.max_train_steps, settings.seed, (int(class_id),),
                         settings.data_parallel_processes)
-
-
-def planned_shards(n_shards, n_classes):
-    """Shard jobs for ``n_classes`` trained classes: ``min(n_shards, n_classes)`` (no empty shard)."""
-    if n_classes < 1:
-        raise GenprompError("no classes to train")
-    return min(int(n_shards), int(n_classes))
-
-
-def token_shard_count(classes_parquet, n_shards):
-    """Number of stage-1 shard jobs for a class table: ``train_token.shards`` capped at its kept classes."""
-    return planned_shards(n_shards, len(trained_class_ids(classes_parquet)))
 
 
 def shard_classes(class_ids, n_shards, shard):

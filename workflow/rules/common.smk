@@ -290,13 +290,12 @@ def measured(rule, key):
 
 
 def token_shards(wildcards):
-    """Shard token tables of a dataset: train_token.shards capped at its kept classes (the cap of
-    genpromp.training.stage1.planned_shards), which the class table of the index (a checkpoint) tells."""
-    from genpromp.data.indexing import read_kept_class_ids
+    """Shard token tables of a dataset: train_token.shards capped at its kept classes
+    (genpromp.training.shards), which the class table of the index (a checkpoint) tells."""
+    from genpromp.training.shards import token_shard_count
 
     checkpoints.index.get(dataset=wildcards.dataset)  # re-evaluated once the index exists
-    kept = read_kept_class_ids(f"results/{wildcards.dataset}/index/classes.parquet")
-    n_shards = min(TRAIN_TOKEN["shards"], len(kept))
+    n_shards = token_shard_count(f"results/{wildcards.dataset}/index/classes.parquet", TRAIN_TOKEN["shards"])
     return expand("results/{dataset}/tokens/shard-{shard}.safetensors", dataset=wildcards.dataset,
                   shard=range(n_shards))
 
