@@ -15,6 +15,7 @@ import logging
 import sys
 
 from .errors import GenprompError
+from .logs import setup_logging
 
 __all__ = ["main", "build_parser", "COMMANDS", "COMMAND_MODULES"]
 
@@ -30,8 +31,8 @@ COMMANDS = (
      "train the demo classifier and write test scores (reference JSON)"),
     ("build-tiny", "genpromp.models.tiny", "write a randomly initialised tiny SD-1.4-topology model folder"),
     ("pretrain-tiny", "genpromp.models.pretrain", "build and pretrain the tiny SD-1.4-topology demo model"),
-    ("train-token", "genpromp.training.stage1", "stage 1: train the concept tokens of one class shard"),
-    ("train-unet", "genpromp.training.stage2", "stage 2: finetune the UNet with the learned concept tokens"),
+    ("train-token", "genpromp.training.tokens", "stage 1: train the concept tokens of one class shard"),
+    ("train-unet", "genpromp.training.unet", "stage 2: finetune the UNet with the learned concept tokens"),
     ("convert-tokens", "genpromp.training.checkpoints",
      "convert original tokens/{id}.bin files to a genpromp token table"),
     ("embeddings", "genpromp.cams.embeddings",
@@ -90,8 +91,7 @@ def build_parser(argv=None, load_all=False):
 def main(argv=None):
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

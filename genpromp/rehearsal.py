@@ -367,7 +367,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
     parser.add_argument("--no-model", action="store_true", help="skip the SD-1.4 folder and the released UNet")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logs import setup_logging
+
+    setup_logging()
     try:
         paths = build_rehearsal(args.out, args.tokenizer, args.seed, args.images_dir, not args.no_model)
     except GenprompError as exc:

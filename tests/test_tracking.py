@@ -92,7 +92,7 @@ def _spec(tmp_path, *parts):
     return tracking.TrackingSpec("tensorboard", tmp_path.joinpath(*parts), "/".join(parts))
 
 
-def test_stage2_logs_loss_and_lr(recording, tiny_model, tiny_dataset, tmp_path):  # noqa: F811
+def test_unet_logs_loss_and_lr(recording, tiny_model, tiny_dataset, tmp_path):  # noqa: F811
     dim = load_components(tiny_model).text_encoder.get_input_embeddings().weight.shape[1]
     tokens = save_tokens(tmp_path / "tokens.safetensors", [0, 1, 2], [f"<cub-{i}>" for i in range(3)],
                          torch.randn(3, dim, generator=torch.Generator().manual_seed(0)) * 0.02, ["bird"] * 3)
@@ -112,7 +112,7 @@ def test_stage2_logs_loss_and_lr(recording, tiny_model, tiny_dataset, tmp_path):
         assert values["loss"] == pytest.approx(float(loss), abs=1e-6) and values["lr"] == float(lr) == 1e-3
 
 
-def test_stage2_without_tracker_logs_nothing(recording, tiny_model, tiny_dataset, tmp_path):  # noqa: F811
+def test_unet_without_tracker_logs_nothing(recording, tiny_model, tiny_dataset, tmp_path):  # noqa: F811
     dim = load_components(tiny_model).text_encoder.get_input_embeddings().weight.shape[1]
     tokens = save_tokens(tmp_path / "tokens.safetensors", [0, 1, 2], [f"<cub-{i}>" for i in range(3)],
                          torch.zeros(3, dim), ["bird"] * 3)
@@ -123,7 +123,7 @@ def test_stage2_without_tracker_logs_nothing(recording, tiny_model, tiny_dataset
     assert recording["init"] == [] and recording["logs"] == []
 
 
-def test_stage1_logs_each_class_loss_and_lr(recording, tiny_model, tiny_dataset, tmp_path):  # noqa: F811
+def test_tokens_logs_each_class_loss_and_lr(recording, tiny_model, tiny_dataset, tmp_path):  # noqa: F811
     settings = stage1_settings(num_train_epochs=1, max_train_steps=2, learning_rate=2e-3)
     out = stage1.train_token_shard(tiny_model, *tiny_dataset, tmp_path / "shard-0.safetensors", shard=0, n_shards=1,
                                    settings=settings, log_csv=tmp_path / "log.csv", progress=False,

@@ -87,7 +87,7 @@ def kept_dataset(tmp_path_factory):
 
 
 def stage1_settings(**kw):
-    from genpromp.training.stage1 import Stage1Settings
+    from genpromp.training.tokens import Stage1Settings
 
     base = dict(resolution=TINY_RES, batch_size=2, gradient_accumulation_steps=1, num_train_epochs=2,
                 learning_rate=1e-3, scale_lr=False, checkpoint_every=2, seed=3, concurrent_classes=8)

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 
 from train_fixtures import REPO, TINY_RES, kept_dataset, stage1_settings, tiny_dataset, tiny_model  # noqa: F401
-from genpromp.training import stage1
+from genpromp.training import tokens as token_stage
 from genpromp.training.checkpoints import read_token_table
 from genpromp.training.data import StepSchedule, load_training_table, read_image, resize_image
 
@@ -36,7 +36,7 @@ def test_schedule_matches_reference_loop():
 
 
 def test_shard_classes_contiguous():
-    assert [stage1.shard_classes(range(7), 3, k) for k in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [token_stage.shard_classes(range(7), 3, k) for k in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
 
 
 def test_concurrent_equals_plain_per_class_loop(tiny_model, tiny_dataset):
@@ -44,12 +44,12 @@ def test_concurrent_equals_plain_per_class_loop(tiny_model, tiny_dataset):
     settings = stage1_settings(gradient_accumulation_steps=2, concurrent_classes=2, num_train_epochs=1)
     table = load_training_table(*tiny_dataset)
     acc = Accelerator()
-    models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
-    plain_models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)  # frozen: shareable
+    models = token_stage.load_stage1_models(tiny_model, table.classes, acc.device)
+    plain_models = token_stage.load_stage1_models(tiny_model, table.classes, acc.device)  # frozen: shareable
     ids = [c.class_id for c in table.classes]
-    rows = stage1.train_classes_concurrent(models, ids, _images(table, settings), settings, acc, progress=False)
+    rows = token_stage.train_classes_concurrent(models, ids, _images(table, settings), settings, acc, progress=False)
     for info in table.classes:
-        plain = stage1.train_class_plain(tiny_model, info, table.images[info.class_id], table.classes, settings,
+        plain = token_stage.train_class_plain(tiny_model, info, table.images[info.class_id], table.classes, settings,
                                          components=plain_models)
         moved = (plain - models.initial_rows[info.class_id]).abs().max().item()
         diff = (plain - rows[info.class_id]).abs().max().item()
@@ -63,9 +63,9 @@ def test_fix_freezes_other_rows_defect_shrinks_them(tiny_model, tiny_dataset):
     for defect in (False, True):
         settings = stage1_settings(reproduce_weight_decay_defect=defect, adam_weight_decay=0.5, learning_rate=1e-2,
                                    num_train_epochs=1)
-        models = stage1.load_stage1_models(tiny_model, table.classes)
+        models = token_stage.load_stage1_models(tiny_model, table.classes)
         before = models.text_encoder.get_input_embeddings().weight.detach().clone()
-        row = stage1.train_class_plain(tiny_model, info, table.images[0], table.classes, settings, components=models)
+        row = token_stage.train_class_plain(tiny_model, info, table.images[0], table.classes, settings, components=models)
         after = models.text_encoder.get_input_embeddings().weight.detach()
         tok = models.token_ids[0]
         others = torch.ones(len(before), dtype=torch.bool)
@@ -74,7 +74,7 @@ def test_fix_freezes_other_rows_defect_shrinks_them(tiny_model, tiny_dataset):
         if not defect:
             assert torch.equal(after, before), "with the fix no row of the embedding matrix changes"
         else:
-            n = stage1.class_schedule(settings, 0, len(table.images[0])).total_steps
+            n = token_stage.class_schedule(settings, 0, len(table.images[0])).total_steps
             factor = (1 - 1e-2 * 0.5) ** n
             torch.testing.assert_close(after[others], before[others] * factor, rtol=1e-5, atol=1e-7)
             assert torch.equal(after[tok], row)
@@ -85,12 +85,12 @@ def test_defect_mode_shard_matches_sequential_reference(tiny_model, tiny_dataset
     settings = stage1_settings(reproduce_weight_decay_defect=True, adam_weight_decay=0.5, learning_rate=1e-2,
                                num_train_epochs=1, max_train_steps=2)
     table = load_training_table(*tiny_dataset)
-    models = stage1.load_stage1_models(tiny_model, table.classes)
+    models = token_stage.load_stage1_models(tiny_model, table.classes)
     ref = {}
     for info in table.classes:  # the reference: one matrix shared by the sequential per-class loops
-        ref[info.class_id] = stage1.train_class_plain(tiny_model, info, table.images[info.class_id], table.classes,
+        ref[info.class_id] = token_stage.train_class_plain(tiny_model, info, table.images[info.class_id], table.classes,
                                                       settings, components=models)
-    out = stage1.train_token_shard(tiny_model, *tiny_dataset, tmp_path / "shard-1.safetensors", shard=1, n_shards=2,
+    out = token_stage.train_token_shard(tiny_model, *tiny_dataset, tmp_path / "shard-1.safetensors", shard=1, n_shards=2,
                                    settings=settings, progress=False)
     got = read_token_table(out)
     assert got.class_ids.tolist() == [2]
@@ -102,7 +102,7 @@ def test_loss_decreases_on_tiny_example(tiny_model, tiny_dataset, capsys, tmp_pa
     settings = stage1_settings(max_train_steps=16, num_train_epochs=16, learning_rate=1e-1, batch_size=2)
     table = load_training_table(*tiny_dataset)
     acc = Accelerator()
-    models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
+    models = token_stage.load_stage1_models(tiny_model, table.classes, acc.device)
     images = _images(table, settings)
     from genpromp.training.data import MicroStep
     eval_steps = [MicroStep(0, 0, 10_000 + k, (0, 1, 2), False) for k in range(4)]
@@ -111,11 +111,11 @@ def test_loss_decreases_on_tiny_example(tiny_model, tiny_dataset, capsys, tmp_pa
         embed = models.text_encoder.get_input_embeddings()
         embed.set_rows({models.token_ids[1]: torch.nn.Parameter(row)})
         with torch.no_grad():
-            return sum(stage1._forward_loss(models, *stage1._step_inputs(models, settings, 1, images[1], st),
+            return sum(token_stage._forward_loss(models, *token_stage._step_inputs(models, settings, 1, images[1], st),
                                             accelerator=acc).mean().item() for st in eval_steps) / len(eval_steps)
 
     log = tmp_path / "log.csv"
-    rows = stage1.train_classes_concurrent(models, [1], images, settings, acc, progress=False, log_path=log)
+    rows = token_stage.train_classes_concurrent(models, [1], images, settings, acc, progress=False, log_path=log)
     curve = [float(r.split(",")[5]) for r in log.read_text().splitlines()[1:]]
     before, after = eval_loss(models.initial_rows[1].clone()), eval_loss(rows[1])
     with capsys.disabled():
@@ -128,16 +128,16 @@ def _run_shard_script(model, data, out, settings, pause_after_first_checkpoint):
     code = f"""
 import sys, time
 sys.path.insert(0, {str(REPO / 'tests')!r})
-from genpromp.training import stage1, resume
+from genpromp.training import tokens as token_stage, resume
 from train_fixtures import stage1_settings
 if {pause_after_first_checkpoint!r}:
-    real = stage1.write_checkpoint
+    real = token_stage.write_checkpoint
     def slow(*a, **k):
         real(*a, **k)
         print("CHECKPOINT", flush=True)
         time.sleep(60)
-    stage1.write_checkpoint = slow
-stage1.train_token_shard({str(model)!r}, *{tuple(map(str, data))!r}, {str(out)!r}, 0, 1,
+    token_stage.write_checkpoint = slow
+token_stage.train_token_shard({str(model)!r}, *{tuple(map(str, data))!r}, {str(out)!r}, 0, 1,
                          stage1_settings(**{settings!r}), {str(out) + '.log.csv'!r}, progress=False)
 print("DONE", flush=True)
 """
@@ -161,10 +161,10 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_model, tiny_dataset, tm
     partial = killed_out.with_name("shard-0.partial")
     assert not killed_out.exists() and (partial / "rank-0-of-1" / "checkpoint" / "state.json").is_file()
     # rerun in-process: resumes from the checkpoint
-    stage1.train_token_shard(tiny_model, *tiny_dataset, killed_out, 0, 1, stage1_settings(**kw),
+    token_stage.train_token_shard(tiny_model, *tiny_dataset, killed_out, 0, 1, stage1_settings(**kw),
                              str(killed_out) + ".log.csv", progress=False)
     assert not partial.exists()
-    straight = stage1.train_token_shard(tiny_model, *tiny_dataset, tmp_path / "straight" / "shard-0.safetensors", 0, 1,
+    straight = token_stage.train_token_shard(tiny_model, *tiny_dataset, tmp_path / "straight" / "shard-0.safetensors", 0, 1,
                                         stage1_settings(**kw), progress=False)
     a, b = read_token_table(killed_out), read_token_table(straight)
     assert a.class_ids.tolist() == b.class_ids.tolist() == [0, 1, 2]
@@ -184,20 +184,20 @@ def test_keep_class_trains_only_kept_classes_in_capped_shards(tiny_model, kept_d
     train, classes, root = kept_dataset
     table = load_training_table(train, classes, root)
     assert table.class_ids == [0, 2] and len(table.all_classes) == 6
-    assert stage1.token_shard_count(classes, 5) == 2 and stage1.token_shard_count(classes, 1) == 1
+    assert token_stage.token_shard_count(classes, 5) == 2 and token_stage.token_shard_count(classes, 1) == 1
     settings = stage1_settings(num_train_epochs=1, max_train_steps=1)
-    outs = [stage1.train_token_shard(tiny_model, train, classes, root, tmp_path / f"shard-{k}.safetensors", shard=k,
+    outs = [token_stage.train_token_shard(tiny_model, train, classes, root, tmp_path / f"shard-{k}.safetensors", shard=k,
                                      n_shards=5, settings=settings, progress=False) for k in range(2)]
     tables = [read_token_table(p) for p in outs]
     assert [t.class_ids.tolist() for t in tables] == [[0], [2]]
     assert [t.concept_tokens for t in tables] == [["<cub-0>"], ["<cub-2>"]]
     with pytest.raises(GenprompError, match="shard 2 out of range: there are 2 shards"):
-        stage1.train_token_shard(tiny_model, train, classes, root, tmp_path / "shard-2.safetensors", shard=2,
+        token_stage.train_token_shard(tiny_model, train, classes, root, tmp_path / "shard-2.safetensors", shard=2,
                                  n_shards=5, settings=settings, progress=False)
     merged = read_token_table(merge_token_tables(outs, tmp_path / "tokens.safetensors", classes))
     assert merged.class_ids.tolist() == [0, 2]
     # every class's token is registered, so <cub-i> keeps token id vocab + i
-    models = stage1.load_stage1_models(tiny_model, table.all_classes)
+    models = token_stage.load_stage1_models(tiny_model, table.all_classes)
     base = min(models.token_ids.values())
     assert {c: t - base for c, t in models.token_ids.items()} == {i: i for i in range(6)}
 
@@ -205,10 +205,10 @@ def test_keep_class_trains_only_kept_classes_in_capped_shards(tiny_model, kept_d
 def test_shards_beyond_class_count_are_capped():
     from genpromp.errors import GenprompError
 
-    assert stage1.planned_shards(20, 3) == 3 and stage1.planned_shards(2, 3) == 2
-    assert [stage1.shard_classes([0, 2], 5, k) for k in range(2)] == [[0], [2]]
+    assert token_stage.planned_shards(20, 3) == 3 and token_stage.planned_shards(2, 3) == 2
+    assert [token_stage.shard_classes([0, 2], 5, k) for k in range(2)] == [[0], [2]]
     with pytest.raises(GenprompError, match="5 capped at the 2 classes"):
-        stage1.shard_classes([0, 2], 5, 2)
+        token_stage.shard_classes([0, 2], 5, 2)
 
 
 # ---------------------------------------------------------------- the original's data-parallel schedule
@@ -293,13 +293,13 @@ def test_data_parallel_lr_and_steps_formula():
     assert s.effective_lr() == pytest.approx(5e-5 * 4 * 2 * 3)
     assert stage1_settings(learning_rate=5e-5, scale_lr=False, data_parallel_processes=3).effective_lr() == 5e-5
     # CUB-sized class: 30 images, batch 4 -> 8 batches; 2 epochs on 2 processes -> 8 steps of 8 images
-    sched = stage1.class_schedule(stage1_settings(batch_size=4, num_train_epochs=2, data_parallel_processes=2), 0, 30)
+    sched = token_stage.class_schedule(stage1_settings(batch_size=4, num_train_epochs=2, data_parallel_processes=2), 0, 30)
     assert sched.total_steps == 2 * 8 // 2 == 8 and sched.items_per_micro == 8 and sched.micro_per_epoch == 4
     last = list(sched.micro_steps())[3]   # last micro-step of epoch 0: 6 real images + 2 from the epoch's start
     perm = sched.permutation(0).tolist()
     assert list(last.items) == perm[24:30] + perm[:2]
     # 3 processes: budget 16 // 3 = 5 steps, reached in the second epoch (3 micro-steps per epoch)
-    three = stage1.class_schedule(stage1_settings(batch_size=4, num_train_epochs=2, data_parallel_processes=3), 0, 30)
+    three = token_stage.class_schedule(stage1_settings(batch_size=4, num_train_epochs=2, data_parallel_processes=3), 0, 30)
     assert three.total_steps == 5 and [m.epoch for m in three.micro_steps()] == [0, 0, 0, 1, 1]
 
 
@@ -307,16 +307,16 @@ def test_two_processes_equal_double_batch(tiny_model, tiny_dataset):
     """P = 2 with batch b == one process with batch 2b (same images per step, same scaled lr); P changes the result."""
     table = load_training_table(*tiny_dataset)
     acc = Accelerator()
-    models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
+    models = token_stage.load_stage1_models(tiny_model, table.classes, acc.device)
     runs = {}
     for name, kw in {"p2": dict(batch_size=1, data_parallel_processes=2), "b2": dict(batch_size=2),
                      "p1": dict(batch_size=1)}.items():
         settings = stage1_settings(scale_lr=True, learning_rate=5e-3, num_train_epochs=2, **kw)
         images = _images(table.subset([2]), settings)          # class 2: 2 images
-        runs[name] = (settings, stage1.train_classes_concurrent(models, [2], images, settings, acc, progress=False)[2])
+        runs[name] = (settings, token_stage.train_classes_concurrent(models, [2], images, settings, acc, progress=False)[2])
     assert runs["p2"][0].effective_lr() == runs["b2"][0].effective_lr() == 2 * runs["p1"][0].effective_lr()
-    assert stage1.class_schedule(runs["p2"][0], 2, 2).total_steps == 2
-    assert stage1.class_schedule(runs["p1"][0], 2, 2).total_steps == 4
+    assert token_stage.class_schedule(runs["p2"][0], 2, 2).total_steps == 2
+    assert token_stage.class_schedule(runs["p1"][0], 2, 2).total_steps == 4
     moved = (runs["p2"][1] - models.initial_rows[2]).abs().max().item()
     assert moved > 1e-4
     assert (runs["p2"][1] - runs["b2"][1]).abs().max().item() <= 1e-6
@@ -328,11 +328,11 @@ def test_data_parallel_concurrent_equals_plain_loop_with_padding(tiny_model, tin
     settings = stage1_settings(batch_size=1, data_parallel_processes=2, num_train_epochs=2, learning_rate=5e-3)
     table = load_training_table(*tiny_dataset)
     acc = Accelerator()
-    models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
-    plain_models = stage1.load_stage1_models(tiny_model, table.classes, acc.device)
-    rows = stage1.train_classes_concurrent(models, [0], _images(table.subset([0]), settings), settings, acc,
+    models = token_stage.load_stage1_models(tiny_model, table.classes, acc.device)
+    plain_models = token_stage.load_stage1_models(tiny_model, table.classes, acc.device)
+    rows = token_stage.train_classes_concurrent(models, [0], _images(table.subset([0]), settings), settings, acc,
                                            progress=False)
-    plain = stage1.train_class_plain(tiny_model, table.classes[0], table.images[0], table.classes, settings,
+    plain = token_stage.train_class_plain(tiny_model, table.classes[0], table.images[0], table.classes, settings,
                                      components=plain_models)
     moved = (plain - models.initial_rows[0]).abs().max().item()
     assert moved > 1e-4 and (plain - rows[0]).abs().max().item() <= 1e-5

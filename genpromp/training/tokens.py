@@ -13,7 +13,7 @@ captions and everything else is frozen, the gradient reaching row c is exactly t
 class c's own loss; each row is its own ``nn.Parameter`` with its own AdamW (so its own moments,
 step count and decoupled weight decay), stepped on its own accumulation boundaries. When a class
 finishes, the next class of the shard takes its slot. The result equals the one-class-at-a-time
-loop up to floating-point summation order (``tests/test_stage1.py`` checks it against
+loop up to floating-point summation order (``tests/test_tokens.py`` checks it against
 :func:`train_class_plain`, a straightforward per-class loop with a fresh optimizer, loader and
 Accelerator).
 

@@ -10,7 +10,7 @@ import pytest
 from train_fixtures import kept_dataset, tiny_dataset, tiny_model  # noqa: F401
 from genpromp.errors import ConfigError
 from genpromp.models.loading import load_components, load_unet
-from genpromp.training import stage2
+from genpromp.training import unet as unet_stage
 from genpromp.training.checkpoints import save_tokens
 
 
@@ -23,11 +23,11 @@ def _tokens(tmp_path, model):
 
 def test_train_unet_checkpoint_resume_and_output(tiny_model, tiny_dataset, tmp_path, monkeypatch):
     tokens = _tokens(tmp_path, tiny_model)
-    s = stage2.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=2, max_train_steps=4,
+    s = unet_stage.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=2, max_train_steps=4,
                               learning_rate=1e-3, save_steps=2, seed=1)
     out = tmp_path / "a" / "unet"
     # first run: stop right after the step-2 checkpoint is written (simulated kill)
-    real = stage2._save_checkpoint
+    real = unet_stage._save_checkpoint
 
     class Killed(Exception):
         pass
@@ -36,9 +36,9 @@ def test_train_unet_checkpoint_resume_and_output(tiny_model, tiny_dataset, tmp_p
         real(folder, unet, optimizer, state)
         raise Killed
 
-    monkeypatch.setattr(stage2, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(unet_stage, "_save_checkpoint", save_then_die)
     try:
-        stage2.train_unet(tiny_model, *tiny_dataset, tokens, out, s, progress=False)
+        unet_stage.train_unet(tiny_model, *tiny_dataset, tokens, out, s, progress=False)
     except Killed:
         pass
     ckpt = out.with_name("unet.partial") / "checkpoint"
@@ -46,10 +46,10 @@ def test_train_unet_checkpoint_resume_and_output(tiny_model, tiny_dataset, tmp_p
     state = json.loads((ckpt / "state.json").read_text())
     assert state["opt_steps"] == 2
     assert type(load_unet(ckpt / "unet")).__name__ == "UNet2DConditionModel"   # checkpoint loadable
-    monkeypatch.setattr(stage2, "_save_checkpoint", real)
-    stage2.train_unet(tiny_model, *tiny_dataset, tokens, out, s, tmp_path / "a" / "unet.log.csv", progress=False)
+    monkeypatch.setattr(unet_stage, "_save_checkpoint", real)
+    unet_stage.train_unet(tiny_model, *tiny_dataset, tokens, out, s, tmp_path / "a" / "unet.log.csv", progress=False)
     assert (out / "config.json").is_file() and not ckpt.exists()
-    straight = stage2.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "b" / "unet", s, progress=False)
+    straight = unet_stage.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "b" / "unet", s, progress=False)
     wa = load_file(str(out / "diffusion_pytorch_model.safetensors"))
     wb = load_file(str(straight / "diffusion_pytorch_model.safetensors"))
     w0 = load_components(tiny_model).unet.state_dict()
@@ -75,25 +75,25 @@ def _reference_last_save(max_steps, save_steps, grad_accum=1):
 
 
 def test_last_save_step_rule():
-    assert stage2.last_save_step(250, 40) == 239 and stage2.last_save_step(600, 100) == 599
+    assert unet_stage.last_save_step(250, 40) == 239 and unet_stage.last_save_step(600, 100) == 599
     for max_steps in range(1, 30):
         for save in range(1, 12):
             for accum in (1, 3):
-                assert stage2.last_save_step(max_steps, save) == _reference_last_save(max_steps, save, accum)
+                assert unet_stage.last_save_step(max_steps, save) == _reference_last_save(max_steps, save, accum)
     with pytest.raises(ConfigError, match="train_unet.final_unet.*never saves"):
-        stage2.Stage2Settings(max_train_steps=3, save_steps=4, final_unet="last_save").trained_steps()
+        unet_stage.Stage2Settings(max_train_steps=3, save_steps=4, final_unet="last_save").trained_steps()
 
 
 def test_last_save_returns_the_last_saved_update(tiny_model, tiny_dataset, tmp_path):
     """max 5 steps, save every 2: the reference's last save is after update 3 — not the final update 5."""
     tokens = _tokens(tmp_path, tiny_model)
     base = dict(resolution=64, batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-3, save_steps=2, seed=1)
-    last = stage2.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "last" / "unet",
-                             stage2.Stage2Settings(max_train_steps=5, final_unet="last_save", **base), progress=False)
+    last = unet_stage.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "last" / "unet",
+                             unet_stage.Stage2Settings(max_train_steps=5, final_unet="last_save", **base), progress=False)
     weights = {}
     for n in (3, 5):
-        out = stage2.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / f"s{n}" / "unet",
-                                stage2.Stage2Settings(max_train_steps=n, **base), progress=False)
+        out = unet_stage.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / f"s{n}" / "unet",
+                                unet_stage.Stage2Settings(max_train_steps=n, **base), progress=False)
         weights[n] = load_file(str(out / "diffusion_pytorch_model.safetensors"))
     got = load_file(str(last / "diffusion_pytorch_model.safetensors"))
     assert max((got[k] - weights[3][k]).abs().max().item() for k in got) <= 1e-6
@@ -106,10 +106,10 @@ def test_keep_class_trains_kept_classes_with_their_tokens_only(tiny_model, kept_
 
     dim = load_components(tiny_model).text_encoder.get_input_embeddings().weight.shape[1]
     tokens = save_tokens(tmp_path / "kept.safetensors", [0, 2], ["<cub-0>", "<cub-2>"], torch.zeros(2, dim), ["bird"] * 2)
-    s = stage2.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=1, max_train_steps=1,
+    s = unet_stage.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=1, max_train_steps=1,
                               save_steps=1, seed=1)
-    out = stage2.train_unet(tiny_model, *kept_dataset, tokens, tmp_path / "unet", s, progress=False)
+    out = unet_stage.train_unet(tiny_model, *kept_dataset, tokens, tmp_path / "unet", s, progress=False)
     assert (out / "config.json").is_file()
     only0 = save_tokens(tmp_path / "only0.safetensors", [0], ["<cub-0>"], torch.zeros(1, dim), ["bird"])
     with pytest.raises(InputError, match="<cub-2>"):
-        stage2.train_unet(tiny_model, *kept_dataset, only0, tmp_path / "unet2", s, progress=False)
+        unet_stage.train_unet(tiny_model, *kept_dataset, only0, tmp_path / "unet2", s, progress=False)
