@@ -1,5 +1,5 @@
 # genpromp: GenPromp (ICCV'23) weakly supervised object localization as a Snakemake workflow.
-# Every benchmark number is a target: see README.md and `snakemake --list-target-rules`.
+# Every benchmark number is a target: see README.md, docs/architecture.md and `snakemake --list-target-rules`.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -14,11 +14,12 @@ if not workflow.overwrite_configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/model.smk"
+include: "workflow/rules/demo.smk"
 include: "workflow/rules/tokens.smk"
 include: "workflow/rules/unet.smk"
 include: "workflow/rules/cams.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -82,7 +82,7 @@ def build_sd14(tokenizer_dir, device, dtype):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from genpromp.models.tiny import SD14_SCALING_FACTOR, SD14_SCHEDULER
+    from genpromp.demo.tiny import SD14_SCALING_FACTOR, SD14_SCHEDULER
 
     torch.manual_seed(0)
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -154,7 +154,7 @@ def main(argv=None):
         comps, resolution = build_sd14(args.tokenizer, device, dtype)
         resolution = args.resolution or resolution
     else:
-        from genpromp.models.tiny import build_tiny_model
+        from genpromp.demo.tiny import build_tiny_model
         tmp = tempfile.mkdtemp(prefix="bench-cams-")
         comps, resolution = load_components(build_tiny_model(Path(tmp) / "tiny", args.tokenizer, resolution=128)), 128
         place_module(comps.vae, device, dtype), place_module(comps.unet, device, dtype)

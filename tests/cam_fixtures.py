@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from genpromp.config import load_config
-from genpromp.models.tiny import build_tiny_model
 
 __all__ = ["N_CLASSES", "LABELS", "TOP5", "tiny_model_dir", "cam_world", "load_tiny_components",
            "cam_config", "fresh_components"]
@@ -27,9 +26,9 @@ TOP5 = [[0, 1, 2, 3, 0], [2, 1, 0, 3, 0], [3, 0, 1, 2, 1], [3, 1, 2, 0, 0], [1, 
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tokenizer_dir):
+def tiny_model_dir(tiny_models):
     """A randomly initialised tiny SD-topology model folder (128 px, 16×16 latents)."""
-    return build_tiny_model(tmp_path_factory.mktemp("cams") / "tiny-sd", tokenizer_dir, resolution=128, seed=0)
+    return tiny_models("cams")
 
 
 def _write_images(root, rng):

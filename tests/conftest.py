@@ -1,15 +1,14 @@
-"""Shared pytest configuration: repository paths and the shared assets (tokenizer)."""
+"""Shared pytest configuration: repository paths, the shared assets (tokenizer) and the tiny models."""
 
 import os
-from pathlib import Path
 
 import pytest
 
+from data_fixtures import ASSETS, SYNSETS, TOKENIZER_DIR
+from workflow_utils import REPO
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parent.parent
-ASSETS = REPO / "resources" / "assets"
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +21,7 @@ def ensure_assets():
     open-clip-torch and timm wheels on PyPI) once per fresh checkout; many tests read them."""
     from genpromp.assets import build_assets
 
-    if not (ASSETS / "clip_tokenizer" / "vocab.json").is_file() or not (ASSETS / "LOC_synset_mapping.txt").is_file():
+    if not (TOKENIZER_DIR / "vocab.json").is_file() or not SYNSETS.is_file():
         build_assets(ASSETS)
 
 
@@ -34,12 +33,27 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def tokenizer_dir():
     ensure_assets()
-    return ASSETS / "clip_tokenizer"
+    return TOKENIZER_DIR
 
 
 @pytest.fixture(scope="session")
 def synset_mapping(tokenizer_dir):
-    return ASSETS / "LOC_synset_mapping.txt"
+    return SYNSETS
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tokenizer_dir):
+    """``get(shape)``: the tiny model folder of a tests/model_fixtures.py shape, built once per session."""
+    from model_fixtures import build_tiny_folder
+
+    built = {}
+
+    def get(shape):
+        if shape not in built:
+            built[shape] = build_tiny_folder(tmp_path_factory.mktemp(f"tiny-{shape}"), tokenizer_dir, shape)
+        return built[shape]
+
+    return get
 
 
 @pytest.fixture(scope="session")

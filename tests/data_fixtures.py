@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["TOKENIZER_DIR", "SYNSETS", "make_jpeg", "write_cub_fixture", "write_imagenet_fixture",
+__all__ = ["ASSETS", "TOKENIZER_DIR", "SYNSETS", "make_jpeg", "write_cub_fixture", "write_imagenet_fixture",
            "write_wsol_fixture", "load_tokenizer"]
 
-REPO = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = REPO / "resources" / "assets" / "clip_tokenizer"
-SYNSETS = REPO / "resources" / "assets" / "LOC_synset_mapping.txt"
+from workflow_utils import REPO
+
+ASSETS = REPO / "resources" / "assets"
+TOKENIZER_DIR = ASSETS / "clip_tokenizer"
+SYNSETS = ASSETS / "LOC_synset_mapping.txt"
 _TOKENIZER = None
 
 

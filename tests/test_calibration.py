@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from genpromp.config import load_config
-from genpromp.errors import ConfigError, InputError
-from genpromp.evaluation.calibration import (
-    calibrate, first_argmax, heldout_variant, run_calibrate, select_heldout, write_heldout_index,
-)
+from genpromp.errors import ConfigError, GenprompError, InputError
+from genpromp.evaluation.calibration import calibrate, run_calibrate, select_heldout, write_heldout_index
 from genpromp.evaluation.evaluator import EvalSettings, summary_from_state
+from genpromp.evaluation.metrics import first_argmax
+from genpromp.layout import Variant
 from genpromp.evaluation.tables import calibration_table, write_tables
 
 from workflow_utils import REPO
@@ -155,10 +155,14 @@ def test_write_heldout_index_keeps_the_index_schema(tmp_path):
     assert table.column("boxes").to_pylist() == [[[1.0, 1.0, 5.0, 5.0]], [[0.0, 0.0, 2.0, 2.0]]]
 
 
+def heldout_variant(name):
+    return Variant.parse(name).heldout().name
+
+
 def test_heldout_variant_is_the_gtk_map_of_the_same_ratio_and_timesteps():
     assert heldout_variant("top1_w0.60_t0-99") == "gtk_w0.60_t0-99"
     assert heldout_variant("gtk_w0.00_t0-99") == "gtk_w0.00_t0-99"
-    with pytest.raises(ValueError):
+    with pytest.raises(GenprompError):
         heldout_variant("best_w0.60_t0-99")
 
 

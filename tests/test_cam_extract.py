@@ -17,12 +17,13 @@ from genpromp.cams.embeddings import (
     read_embeddings,
 )
 from genpromp.cams.extract import (
-    CamSettings, encode_latents_and_noise, extract_cams, extract_shard, image_generator, parse_variant,
+    CamSettings, encode_latents_and_noise, extract_cams, extract_shard, image_generator,
     plan_prompts, compute_pair_cams, resolve_precision, settings_from_config, shard_records, read_top5,
 )
 from genpromp.cams.overlay import draw_overlay, write_overlays
 from genpromp.cams.reference import reference_batch_cams
-from genpromp.config import variant_name
+from genpromp.data.indexing import image_root_for
+from genpromp.layout import Variant
 from genpromp.errors import ConfigError, GenprompError, InputError
 from genpromp.prompts import TEMPLATES, token_index, tokenize
 
@@ -48,10 +49,12 @@ def prepared(tiny_model_dir, cam_world):
 
 
 def test_parse_variant_round_trips_variant_name():
-    assert parse_variant(variant_name("top1", 0.6, [0, 99])) == ("top1", 0.6, (0, 99))
-    assert parse_variant("top5_w1.00_t0-50-99") == ("top5", 1.0, (0, 50, 99))
+    v = Variant.parse(Variant("top1", 0.6, [0, 99]).name)
+    assert (v.mode, v.ratio, v.timesteps) == ("top1", 0.6, (0, 99))
+    v = Variant.parse("top5_w1.00_t0-50-99")
+    assert (v.mode, v.ratio, v.timesteps) == ("top5", 1.0, (0, 50, 99))
     with pytest.raises(GenprompError, match="variant"):
-        parse_variant("top3_w0.6_t0")
+        Variant.parse("top3_w0.6_t0")
 
 
 def test_plan_prompts_dedupes_by_image_and_class():
@@ -123,9 +126,10 @@ def test_shard_is_independent_of_batch_size(prepared, cam_world, repo_root, tiny
     # The shard job writes the same maps (batch 3, one prefetch thread) as a readable cache shard.
     emb_path = build_run_embeddings(tiny_model_dir, cam_world["classes"], str(cam_world["tokens"]),
                                     tmp_path / "emb.safetensors")
-    variant = variant_name("top1", 0.6, [0, 99])
+    variant = Variant("top1", 0.6, [0, 99]).name
     out = tmp_path / variant
-    paths = [extract_shard(config, "cub_demo", variant, k, cam_world["index"], emb_path,
+    root = image_root_for(config["datasets"]["cub_demo"])
+    paths = [extract_shard(config, variant, k, cam_world["index"], root, emb_path,
                            out / f"shard-{k:05d}.npz", scores_path=cam_world["scores"]) for k in (0, 1)]
     shard = read_cam_shard(paths[1])
     assert shard.cams.dtype == np.float16 and shard.cams.shape == (3, 2, 64, 64)
@@ -174,7 +178,8 @@ def test_inference_precision_from_config(repo_root, tiny_model_dir, cam_world, t
     if torch.accelerator.is_available():
         pytest.skip("the refusal below needs a CPU-only machine")
     with pytest.raises(ConfigError, match="inference_precision is fp16"):
-        extract_shard(config, "cub_demo", "gtk_w0.60_t0-99", 0, cam_world["index"], tmp_path / "none.safetensors",
+        extract_shard(config, "gtk_w0.60_t0-99", 0, cam_world["index"], image_root_for(config["datasets"]["cub_demo"]),
+                      tmp_path / "none.safetensors",
                       tmp_path / "shard-00000.npz")
     assert not (tmp_path / "shard-00000.npz").exists()
 

@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from genpromp.data.classifier import json_accuracy, train_demo_classifier
+from genpromp.demo.classifier import json_accuracy, train_demo_classifier
 from genpromp.data.indexing import index_dataset
 from genpromp.data.scores import import_scores
-from genpromp.data.synth import write_cub_dataset
+from genpromp.demo.world import write_cub_dataset
 
 
 @pytest.fixture(scope="module")

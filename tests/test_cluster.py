@@ -25,12 +25,13 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from test_resume_workflow import micro_reference  # noqa: F401  (the shared local run; see local_tables)
+from workflow_utils import run_snakemake
+from workflow_utils import snakemake_cmd as _snakemake_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = REPO / "tests" / "cluster"
@@ -64,9 +65,9 @@ GPU_REQUEST = re.compile(r"(--gpus[= ]\S+|--gres[= ]\S*gpu)")
 SBATCH_CALL = re.compile(r"^sbatch call: (sbatch .*)$", re.MULTILINE)
 
 
-def snakemake_cmd(*args):
-    """The installed Snakemake, run by this interpreter; `args` appended."""
-    return [sys.executable, "-m", "snakemake", *args]
+def snakemake_cmd(*args, snakefile=SNAKEFILE):
+    """workflow_utils.snakemake_cmd in the current directory, cores from the profile among ``args``."""
+    return _snakemake_cmd(None, *args, snakefile=snakefile, cores=None)
 
 
 def copy_tree(dest):
@@ -85,7 +86,7 @@ def copy_tree(dest):
 
 def run_workflow(tree, profile_args, log_path):
     """Run Snakemake in `tree` with a hard kill after RUN_TIMEOUT_S; return (seconds, log text)."""
-    cmd = ["timeout", "-s", "KILL", str(RUN_TIMEOUT_S), *snakemake_cmd("-s", SNAKEFILE, *profile_args, *TARGETS, *EXTRA_ARGS)]
+    cmd = ["timeout", "-s", "KILL", str(RUN_TIMEOUT_S), *snakemake_cmd(*profile_args, *TARGETS, *EXTRA_ARGS)]
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.run(cmd, cwd=tree, stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S + 30)
@@ -141,13 +142,8 @@ def test_profile_is_valid(profile, tmp_path):
     tree = tmp_path / "tree"
     shutil.copytree(REPO / "profiles", tree / "profiles")
     shutil.copytree(CLUSTER_DIR / "standin", tree / "standin")
-    proc = subprocess.run(
-        snakemake_cmd("-n", "-s", "standin/Snakefile", "--profile", f"profiles/{profile}"),
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_snakemake(tree, "-n", "--profile", f"profiles/{profile}", snakefile="standin/Snakefile", cores=None,
+                         timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shard" in proc.stdout + proc.stderr  # the dry run planned the stand-in's jobs
 

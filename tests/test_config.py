@@ -8,11 +8,14 @@ valid value for every key survives that trip with its type.
 
 from __future__ import annotations
 
+import ast
 import copy
+import io
 import json
 import re
 import shlex
 import shutil
+import tokenize
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +27,7 @@ from genpromp.config import load_config, load_schema
 from genpromp.errors import ConfigError
 
 from data_fixtures import TOKENIZER_DIR, write_cub_fixture
-from workflow_utils import REPO, run_snakemake
+from workflow_utils import REPO, planned_rules, run_snakemake
 
 BASE = REPO / "config" / "config.yaml"
 NAMES = {"datasets": "cub_demo", "runs": "genpromp"}  # entries of the base config the walk overrides
@@ -139,7 +142,7 @@ def test_the_walk_reaches_every_kind_of_key():
     ids = {c.id for c in _cases()}
     for expected in ["seed=", "datasets.cub_demo.keep_class=[0, 2]", "datasets.cub_demo.keep_class=null",
                      "datasets.cub_demo.classifier=null", "train_token.load_token_path=null",
-                     "train_token.max_train_steps=null", "train_unet.enabled=false", "test.timesteps=",
+                     "train_token.max_train_steps=null", "train_unet.scale_lr=false", "test.timesteps=",
                      "demo.tiny_model.block_out_channels=", "evaluation.sweep.step=", "compute.mixed_precision="]:
         assert any(i.startswith(expected) for i in ids), expected
     assert len(ids) > 150
@@ -174,7 +177,7 @@ def test_readme_style_overrides_as_strings():
     ('datasets={"cub_demo": {"keep_class": "zero"}}',
      "config key datasets.cub_demo.keep_class is the string 'zero'; expected null or a list of integer"),
     ('test={"batch_size": 3.5}', "config key test.batch_size is the string '3.5'; expected integer"),
-    ('train_unet={"enabled": maybe}', "config key train_unet.enabled is the string 'maybe'; expected boolean"),
+    ('train_unet={"scale_lr": maybe}', "config key train_unet.scale_lr is the string 'maybe'; expected boolean"),
     ('test={"eval_modes": [top2]}', "config key test.eval_modes.0: 'top2' is not one of"),
 ])
 def test_unreadable_string_is_named_with_its_cause(argument, message):
@@ -207,10 +210,6 @@ def _stub_real_layout(workdir, tokenizer=True):
     (workdir / "ckpts/imagenet750/unet/config.json").write_text("{}")
 
 
-def _planned_rules(stdout):
-    return set(re.findall(r"^rule (\w+):", stdout, re.M)) | set(re.findall(r"^checkpoint (\w+):", stdout, re.M))
-
-
 def test_readme_override_example_plans(tmp_path):
     """`snakemake -n` with the README's exact --config arguments is accepted and, the SD folder having
     its own tokenizer/, plans no assets job (the index reads that tokenizer)."""
@@ -219,7 +218,7 @@ def test_readme_override_example_plans(tmp_path):
     _stub_real_layout(tmp_path)
     proc = run_snakemake(tmp_path, "-n", "--printshellcmds", "--config", *overrides,
                          configfile=REPO / configfile)
-    rules = _planned_rules(proc.stdout)
+    rules = planned_rules(proc.stdout)
     assert {"index", "import_scores", "tables"} <= rules, proc.stdout[-3000:]
     assert not {"assets", "assets_synsets"} & rules, proc.stdout[-3000:]
     assert "ckpts/pretrains/stable-diffusion-v1-4/tokenizer/vocab.json" in proc.stdout
@@ -228,7 +227,7 @@ def test_readme_override_example_plans(tmp_path):
 def test_sd_folder_without_tokenizer_falls_back_to_the_assets_rule(tmp_path):
     _stub_real_layout(tmp_path, tokenizer=False)
     proc = run_snakemake(tmp_path, "-n", configfile=REPO / "config" / "imagenet.yaml")
-    rules = _planned_rules(proc.stdout)
+    rules = planned_rules(proc.stdout)
     assert "assets" in rules and "assets_synsets" not in rules, proc.stdout[-3000:]
 
 
@@ -255,7 +254,7 @@ def test_offline_index_uses_the_pretrained_tokenizer(tmp_path):
     configfile = _offline_config(tmp_path, root)
     targets = [f"results/cub/index/{n}.parquet" for n in ("train", "test", "classes")]
     plan = run_snakemake(work, *targets, "-n", configfile=configfile)
-    assert _planned_rules(plan.stdout) == {"index"}, plan.stdout[-3000:]
+    assert planned_rules(plan.stdout) == {"index"}, plan.stdout[-3000:]
     run_snakemake(work, *targets, configfile=configfile)
     assert not (work / "resources").exists()
     classes = pd.read_parquet(work / "results/cub/index/classes.parquet")
@@ -273,7 +272,215 @@ def test_demo_synset_mapping_key_skips_the_timm_download(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     plain = run_snakemake(work, "-n")
-    assert "assets_synsets" in _planned_rules(plain.stdout)
+    assert "assets_synsets" in planned_rules(plain.stdout)
     proc = run_snakemake(work, "-n", "--printshellcmds", "--config", f'demo={{"synset_mapping": "{mapping}"}}')
-    rules = _planned_rules(proc.stdout)
+    rules = planned_rules(proc.stdout)
     assert "demo_world" in rules and "assets" in rules and "assets_synsets" not in rules, proc.stdout[-3000:]
+
+
+# --- every schema key is documented and read ----------------------------------------------------------
+
+
+def _schema_nodes(node, root, path=()):
+    """(dotted path, schema) of every key at every depth: properties, named entries (``*``), list items (``[]``)."""
+    for key, sub in node.get("properties", {}).items():
+        yield path + (key,), sub
+        yield from _schema_nodes(_resolve(sub, root), root, path + (key,))
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield path + ("*",), extra
+        yield from _schema_nodes(_resolve(extra, root), root, path + ("*",))
+    items = node.get("items")
+    if isinstance(items, dict) and "properties" in _resolve(items, root):
+        yield path + ("[]",), items
+        yield from _schema_nodes(_resolve(items, root), root, path + ("[]",))
+
+
+def test_every_schema_key_has_a_description():
+    schema = load_schema()
+    nodes = list(_schema_nodes(schema, schema))
+    missing = [".".join(path) for path, node in nodes
+               if not str(node.get("description") or _resolve(node, schema).get("description") or "").strip()]
+    assert len(nodes) > 100 and not missing, missing
+
+
+def _schema_leaves(node, root, path=()):
+    """Dotted paths of the keys that hold values; named entries and list items add no path part."""
+    node = _resolve(node, root)
+    extra, items = node.get("additionalProperties"), node.get("items")
+    if "properties" in node:
+        for key, sub in node["properties"].items():
+            yield from _schema_leaves(sub, root, path + (key,))
+    elif isinstance(extra, dict) and "properties" in _resolve(extra, root):
+        yield from _schema_leaves(extra, root, path)
+    elif isinstance(items, dict) and "properties" in _resolve(items, root):
+        yield from _schema_leaves(items, root, path)
+    else:
+        yield path
+
+
+def _code_only(text):
+    """``text`` (Python or Snakemake) with its comments and docstrings removed (line breaks kept)."""
+    lines = text.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    chars = list(text)
+    toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    starts = (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT)
+    for i, tok in enumerate(toks):
+        docstring = (tok.type == tokenize.STRING and (i == 0 or toks[i - 1].type in starts)
+                     and i + 1 < len(toks) and toks[i + 1].type == tokenize.NEWLINE)
+        if tok.type == tokenize.COMMENT or docstring:
+            for k in range(offsets[tok.start[0] - 1] + tok.start[1], offsets[tok.end[0] - 1] + tok.end[1]):
+                chars[k] = chars[k] if chars[k] == "\n" else ""
+    return "".join(chars)
+
+
+_WORD = r"""["'](\w+)["']"""
+_KEY = rf"""(?:\[\s*{_WORD}\s*\]|\.get\(\s*{_WORD})"""   # ["key"] or .get("key"
+_DYN = r"""(?:\[\s*[^\]"'\[]+\])?"""                     # an optional [name] between: datasets[name]
+_ASSIGN = re.compile(r"^[ \t]*(?:for[ \t]+)?(\w+(?:[ \t]*,[ \t]*\w+)*)[ \t]*(?:=(?!=)|in\b)(.*)$", re.M)
+
+
+def _parents(value, aliases):
+    """The config sections an expression stands for: its last quoted key, else the aliases it uses."""
+    keys = re.findall(_KEY, re.split(r"\s+(?:or|if)\s+", value)[0])
+    if keys:
+        return {keys[-1][0] or keys[-1][1]}
+    return set().union(*[aliases.get(w, set()) for w in re.findall(r"\b\w+\b", value)])
+
+
+def _split_top(value):
+    parts, depth, current = [], 0, ""
+    for ch in value:
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
+            parts, current = parts + [current], ""
+        else:
+            current += ch
+    return parts + [current]
+
+
+def _aliases(text, seed):
+    """Names bound to a config section: ``x = config["test"]``, ``for g in groups``, ``a, b = ..["a"], ..["b"]``."""
+    aliases = {k: set(v) for k, v in seed.items()}
+    for _ in range(3):
+        for m in _ASSIGN.finditer(text):
+            names = [n.strip() for n in m.group(1).split(",")]
+            values = _split_top(m.group(2).strip().removesuffix(":"))
+            values = values if len(values) == len(names) else [m.group(2)] * len(names)
+            for name, value in zip(names, values):
+                found = _parents(value, aliases)
+                if found:
+                    aliases.setdefault(name, set()).update(found)
+    return aliases
+
+
+def _section_reads(text, aliases):
+    """(section, key) pairs of one file: chains ``["s"]["k"]``, reads through aliases or dicts named after
+    their section (``evaluation["frame"]``, ``dataset["root"]``), and ``["s"][k] for k in ("a", "b")``."""
+    pairs = set()
+    for m in re.finditer(rf"{_KEY}\s*{_DYN}\s*{_KEY}", text):
+        pairs.add((m.group(1) or m.group(2), m.group(3) or m.group(4)))
+    for m in re.finditer(rf"\b(\w+)\s*{_DYN}\s*{_KEY}", text):
+        name = m.group(1)
+        for section in aliases.get(name, set()) | {name, name + "s"}:
+            pairs.add((section, m.group(2) or m.group(3)))
+    for m in re.finditer(rf"(\w+)?((?:\[\s*{_WORD}\s*\])?)\[(\w+)\]\)*\s+for\s+(\w+)\s+in\s+\(([^)]*)\)", text):
+        sections = {m.group(3)} if m.group(3) else aliases.get(m.group(1), set())
+        if m.group(4) == m.group(5):
+            pairs |= {(s, k) for s in sections for k in re.findall(_WORD, m.group(6))}
+    return pairs
+
+
+def _param_aliases(texts, aliases):
+    """First parameters of functions called with a config section: ``groups_from_config(test["cam_groups"])``."""
+    defs = {m.group(1): m.group(2) for text in texts.values() for m in re.finditer(r"\bdef (\w+)\(\s*(\w+)", text)}
+    params = {}
+    for path, text in texts.items():
+        for m in re.finditer(r"\b(\w+)\(\s*([^,()]*(?:\([^()]*\))?[^,()]*)", text):
+            if m.group(1) in defs:
+                params.setdefault(defs[m.group(1)], set()).update(_parents(m.group(2), aliases[path]))
+    return params
+
+
+def _dataclass_reads(sources, aliases):
+    """(section, field) of dataclasses filled from a section: ``settings_from_section(cls, config, "s")``
+    inside the class, or ``Cls(..., **alias)``."""
+    fields, pairs = {}, set()
+    trees = {path: ast.parse(text) for path, text in sources.items()}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                names = [s.target.id for s in node.body
+                         if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
+                fields[node.name] = names
+                for call in ast.walk(node):
+                    if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "settings_from_section":
+                        pairs |= {(a.value, f) for a in call.args if isinstance(a, ast.Constant)
+                                  and isinstance(a.value, str) for f in names}
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in fields:
+                for kw in node.keywords:
+                    if kw.arg is None and isinstance(kw.value, ast.Name):
+                        pairs |= {(s, f) for s in aliases[path].get(kw.value.id, ()) for f in fields[node.func.id]}
+    return pairs
+
+
+def _config_reads(root=REPO):
+    """Every name the package and workflow read (quoted word, attribute, dataclass field) and the
+    (section, key) pairs they read, from comment- and docstring-free source."""
+    paths = sorted([*root.glob("genpromp/**/*.py"), *root.glob("workflow/**/*.py"), *root.glob("workflow/**/*.smk"),
+                    root / "Snakefile"])
+    texts = {p: _code_only(p.read_text()) for p in paths}
+    aliases = {p: _aliases(t, {}) for p, t in texts.items()}
+    for _ in range(2):
+        params = _param_aliases(texts, aliases)
+        aliases = {p: _aliases(t, params) for p, t in texts.items()}
+    sources = {p: p.read_text() for p in paths if p.suffix == ".py"}
+    pairs = _dataclass_reads(sources, aliases)
+    names = set()
+    for path, text in texts.items():
+        pairs |= _section_reads(text, aliases[path])
+        names |= set(re.findall(_WORD, text)) | set(re.findall(r"\.(\w+)", text))
+    names |= {f for _, f in pairs}
+    return names, pairs
+
+
+# Keys read in a way the scan cannot tie to their section, as {"dotted.key": "where and how it is read"}.
+# Keep it tiny: every entry is a key this test cannot check.
+READ_UNSEEN = {}
+
+
+def _unread_keys(schema):
+    """Leaf keys no code reads. A key name that also names a key of another section counts as read only
+    with its section: a chain, an alias, a dataclass filled from it, or a dict named after it (``sweep``
+    stands for any ``*_sweep`` section)."""
+    names, pairs = _config_reads()
+    leaves = list(_schema_leaves(schema, schema))
+    parents = {}
+    for path in leaves:
+        parents.setdefault(path[-1], set()).add(path[-2] if len(path) > 1 else None)
+    unread = []
+    for path in leaves:
+        key, section = path[-1], path[-2] if len(path) > 1 else None
+        shared = len(parents[key]) > 1 and section is not None
+        read = any(s == section or section.endswith("_" + s) for s, k in pairs if k == key) if shared \
+            else key in names
+        if not read and ".".join(path) not in READ_UNSEEN:
+            unread.append(".".join(path))
+    return unread
+
+
+def test_every_schema_key_is_read():
+    """A key nothing reads is a setting that silently does nothing: remove it from the schema and configs."""
+    assert not _unread_keys(load_schema())
+
+
+def test_the_read_scan_finds_an_unread_key():
+    schema = load_schema()
+    schema["properties"]["train_unet"]["properties"]["enabled"] = {"type": "boolean", "description": "x"}
+    schema["properties"]["test"]["properties"]["unused_knob"] = {"type": "integer", "description": "x"}
+    assert _unread_keys(schema) == ["train_unet.enabled", "test.unused_knob"]

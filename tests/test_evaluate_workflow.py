@@ -2,8 +2,6 @@
 index checkpoint and the merged numbers equal the single-job evaluation."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,6 +14,7 @@ from genpromp.evaluation.evaluate import run_evaluate, settings_from_params
 from genpromp.evaluation.pxap import MaskSource
 
 from eval_fixtures import write_dataset
+from workflow_utils import run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "top1_w0.60_t0-99"
@@ -35,7 +34,6 @@ checkpoint index:
     output: test="results/demo/index/test.parquet"
     shell: "cp {{input}} {{output.test}}"
 
-include: "{ROOT}/workflow/rules/evaluate_inputs.smk"
 include: "{ROOT}/workflow/rules/evaluate.smk"
 '''
 
@@ -71,8 +69,8 @@ def test_sharded_rules_equal_single_job(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     target = f"results/demo/run1/eval/{VARIANT}/summary.json"
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.yaml",
-                           "--quiet", "rules", "--", target], cwd=tmp_path, capture_output=True, text=True)
+    proc = run_snakemake(tmp_path, target, "--quiet", "rules", snakefile=tmp_path / "Snakefile",
+                         configfile=tmp_path / "config.yaml", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parts = sorted((tmp_path / f"results/demo/run1/eval/{VARIANT}/parts").glob("part-*.json"))
     # evaluation.shard_size 4 / test.shard_size 2 → 2 CAM shards per part → 3 parts
@@ -99,10 +97,9 @@ EVAL_META = {{f"results/cub_demo/genpromp/eval/top1_w{{w}}_t0-99/summary.json":
              for w in ("0.40", "0.60")}}
 def eval_summaries(): return [list(EVAL_META)[1]]
 def ablation_summaries(): return list(EVAL_META)
-include: "{ROOT}/workflow/rules/evaluate_inputs.smk"
 include: "{ROOT}/workflow/rules/tables.smk"
 
-rule overlays_standin:  # the pattern the lead wires into cams.smk rule overlays
+rule overlays_standin:  # the output pattern of cams.smk's rule overlays
     output:
         report(directory("results/{{dataset}}/{{run}}/cams/{{variant}}/overlays"), patterns=["{{name}}.png"],
                caption="{ROOT}/workflow/report/overlays.rst", category="Overlays", subcategory="{{dataset}} {{run}} {{variant}}")
@@ -135,8 +132,8 @@ def test_tables_rule_and_report(tmp_path):
         p = tmp_path / f"results/cub_demo/baselines/{name}/summary.json"
         write_evaluation(bev, p.with_name("per_image.parquet"), p, {"dataset": "cub_demo", "baseline": name})
     (tmp_path / "Snakefile").write_text(REPORT_SNAKEFILE)
-    for args in (["--cores", "1"], ["--report", "results/report.html"]):
-        proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=tmp_path, capture_output=True, text=True)
+    for args, cores in (([], 1), (["--report", "results/report.html"], None)):
+        proc = run_snakemake(tmp_path, *args, snakefile=tmp_path / "Snakefile", cores=cores, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tmp_path / "results/report.html").read_text(errors="replace")
     for name in ("main.md", "combine_ratio.png", "threshold_curve.png", "pr_curve.png", "error_breakdown.md",

@@ -1,14 +1,12 @@
 """Evaluator end to end: a cache written by the test, scored through the CLI and directly."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import argparse
-
-from genpromp.evaluation import evaluate as evaluate_module
 from genpromp.errors import InputError
 from genpromp.evaluation.evaluate import evaluate_baselines, evaluate_cache, write_evaluation
 from genpromp.evaluation.evaluator import EvalSettings
@@ -16,12 +14,10 @@ from genpromp.evaluation.evaluator import EvalSettings
 from eval_fixtures import write_dataset
 
 def run_cli(argv):
-    """Parse with the `genpromp evaluate` sub-command only (other stages may be absent) and run it."""
-    parser = argparse.ArgumentParser()
-    evaluate_module.register_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    args.func(args)
-    return 0
+    """``genpromp <argv>`` through the CLI entry point; its exit status (1 when the command failed)."""
+    from genpromp.cli import main
+
+    return main(argv)
 
 
 SETTINGS = EvalSettings(cam_thr=0.23, frame=128, wsol_frame=64, thresholds=tuple(np.arange(0, 1, 0.05).tolist()))
@@ -206,3 +202,48 @@ def test_exact_iou_ties_in_files_and_merged_parts(tmp_path):
     merged = merge_evaluation(parts, states, index, settings, tmp_path / "m.parquet", tmp_path / "m.json",
                               meta={"cams": str(cams), "scores": str(scores)})
     assert merged == single
+
+
+def _parsed(argv):
+    """The options `genpromp <argv>` parses (``genpromp evaluate`` / ``evaluate-merge``)."""
+    from genpromp.cli import build_parser
+    return build_parser(argv).parse_args(argv)
+
+
+def test_settings_defaults_are_the_config_schemas():
+    from genpromp.config import load_schema, schema_default
+    from genpromp.evaluation.evaluate import _settings_from_args
+    from genpromp.evaluation.evaluator import settings_from_params
+    evaluation = schema_default("evaluation")
+    assert evaluation["frame"] == load_schema()["properties"]["evaluation"]["properties"]["frame"]["default"]
+    from_schema = settings_from_params(evaluation, schema_default("datasets.*.cam_thr"))
+    assert EvalSettings() == from_schema == settings_from_params({}, from_schema.cam_thr)
+    assert from_schema.thresholds == tuple(np.arange(0.0, 1.0, 0.01).tolist())  # wsolevaluation's τ list
+    # a partial sweep entry keeps the other defaults
+    assert settings_from_params({"sweep": {"step": 0.05}}, 0.23).thresholds == SETTINGS.thresholds
+    for command in (["evaluate", "--index", "i.parquet"],
+                    ["evaluate-merge", "--parts", "p", "--states", "s", "--index", "i", "--per-image", "o",
+                     "--summary", "s"]):
+        assert _settings_from_args(_parsed(command)) == from_schema
+
+
+def test_cli_reads_names_from_the_layout(tmp_path, monkeypatch, capsys):
+    from genpromp import layout
+    (tmp_path / "src").mkdir()
+    d = write_dataset(tmp_path / "src", n=4, mode="top1", shard_size=2)
+    variant = layout.Variant("top1", 0.4, (0, 99))
+    monkeypatch.chdir(tmp_path)
+    index, cams = Path(layout.index_table("demo", "test")), Path(layout.cam_dir("demo", "genpromp", variant))
+    index.parent.mkdir(parents=True)
+    cams.parent.mkdir(parents=True)
+    d["index"].rename(index)
+    d["cams"].rename(cams)
+    assert run_cli(["evaluate", "--cams", str(cams), "--index", str(index), "--scores", str(d["scores"]),
+                    "--per-image", "p.parquet", "--summary", "s.json", *CLI_OPTS]) == 0
+    s = json.loads(Path("s.json").read_text())
+    assert (s["dataset"], s["run"], s["variant"], s["mode"], s["ratio"]) == ("demo", "genpromp", variant.name,
+                                                                            "top1", 0.4)
+    assert run_cli(["evaluate", "--baselines", "b", "--index", str(index)]) == 0  # dataset from the index path
+    assert json.loads(Path("b/center/summary.json").read_text())["dataset"] == "demo"
+    assert run_cli(["evaluate", "--baselines", "b", "--index", str(d["scores"])]) == 1  # no dataset: an error
+    assert "--baselines needs --dataset" in capsys.readouterr().err

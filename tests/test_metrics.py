@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from genpromp.evaluation.evaluator import EvalSettings, ImageInput, evaluate_image
+from genpromp.evaluation.evaluator import EvalSettings, ImageInput, evaluate_image, wsol_summary
 from genpromp.evaluation.metrics import (
-    best_iou, box_iou_matrix, classify_top1_error, max_box_acc, normalize_minmax, prepare_cam,
-    scale_boxes_tscam, scale_boxes_wsol, threshold_list, tscam_box, wsol_boxes,
+    best_iou, box_acc_hits, box_acc_percent, box_iou_matrix, classify_top1_error, max_box_acc, normalize_minmax,
+    prepare_cam, scale_boxes_tscam, scale_boxes_wsol, threshold_list, tscam_box, wsol_boxes,
 )
 from genpromp.evaluation.tscam import prepare_tscam_cam, tscam_sweep_boxes, tscam_sweep_boxes_reference
 from genpromp.evaluation.wsol import prepare_wsol_cam, wsol_sweep_ious, wsol_sweep_ious_reference
@@ -97,11 +97,18 @@ def test_error_more_vs_part_boundary():
 
 
 def test_max_box_acc_hand_computed():
+    # the evaluation's path: hit counts per δ (the state), percentages, then the maximum per δ (the summary)
     ious = np.array([[0.2, 0.6, 0.8], [0.4, 0.5, 0.1]])
-    acc, idx, mean = max_box_acc(ious, (0.3, 0.5, 0.7))
+    hits = {d: box_acc_hits(ious, d) for d in (0.3, 0.5, 0.7)}
+    assert {d: h.tolist() for d, h in hits.items()} == {0.3: [1, 2, 1], 0.5: [0, 2, 1], 0.7: [0, 0, 1]}
+    acc, idx, mean = max_box_acc({d: box_acc_percent(h, len(ious)) for d, h in hits.items()})
     assert acc == {0.3: 100.0, 0.5: 100.0, 0.7: 50.0}
     assert idx == {0.3: 1, 0.5: 1, 0.7: 2}
     assert mean == pytest.approx(250 / 3)
+    summary = wsol_summary({f"{d:g}": h.tolist() for d, h in hits.items()}, len(ious), (0.1, 0.2, 0.3))
+    assert summary["max_box_acc"] == {"0.3": 100.0, "0.5": 100.0, "0.7": 50.0}
+    assert summary["best_threshold"] == {"0.3": 0.2, "0.5": 0.2, "0.7": 0.3}
+    assert summary["mean"] == pytest.approx(250 / 3)
 
 
 def _maps():
@@ -300,11 +307,8 @@ def test_wsol_bicubic_overshoot_is_absorbed_by_float64_minmax():
 
 def test_box_acc_percent_in_wsolevaluations_order():
     """wsolevaluation reports num_correct * 100. / cnt; hits / n * 100 differs in the last bit for 1 of 7."""
-    from genpromp.evaluation.evaluator import _curve
-    from genpromp.evaluation.metrics import box_acc_curve
-
-    assert 1 * 100.0 / 7 != 1 / 7 * 100.0  # the two orders really differ here
     ious = np.zeros((7, 2))
     ious[0, :] = 1.0
-    assert box_acc_curve(ious, 0.5).tolist() == [1 * 100.0 / 7] * 2
-    assert _curve([1, 0], 7).tolist() == [1 * 100.0 / 7, 0.0]
+    assert box_acc_percent(box_acc_hits(ious, 0.5), 7).tolist() == [1 * 100.0 / 7] * 2
+    assert box_acc_percent(box_acc_hits(ious, 0.5), 7).tolist() != [1 / 7 * 100.0] * 2  # the other order's last bit differs
+    assert box_acc_percent([1, 0], 7).tolist() == [1 * 100.0 / 7, 0.0]

@@ -11,13 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genpromp.data.synth import write_corpus
-from genpromp.errors import InputError
-from genpromp.models.loading import load_components
-from genpromp.models.pretrain import (
-    LOSS_COLUMNS, PretrainSettings, _score_cams, augment_caption, components_for, encode_posteriors, load_corpus_images,
-    pretrain_tiny, read_corpus, render_probe_set, scale_from_posteriors, train_denoiser, train_vae,
+from genpromp.demo.diagnostic import box_ious, render_probe_set
+from genpromp.demo.pretrain import (
+    LOSS_COLUMNS, PretrainSettings, augment_caption, components_for, encode_posteriors, load_corpus_images,
+    pretrain_tiny, read_corpus, scale_from_posteriors, train_denoiser, train_vae,
 )
+from genpromp.demo.world import write_corpus
+from genpromp.errors import InputError
+from genpromp.evaluation.metrics import threshold_list
+from genpromp.models.loading import load_components
 from genpromp.prompts import TEMPLATES, tokenize
 
 TINY = PretrainSettings(
@@ -187,10 +189,11 @@ def test_score_cams_hand_computed():
     # A 64x64 CAM that is 1 exactly on the box's cells, frame 512, image 256: box [64, 64, 192, 192)
     cam = torch.zeros(1, 64, 64)
     cam[0, 16:48, 16:48] = 1.0
-    at_thr, best = _score_cams(cam, [(64.0, 64.0, 192.0, 192.0)], 256, 512, 0.5)
+    at_thr = box_ious(cam, [(64.0, 64.0, 192.0, 192.0)], 256, 512, [0.5])[:, 0]
+    best = box_ious(cam, [(64.0, 64.0, 192.0, 192.0)], 256, 512, threshold_list(0.05, 0.95, 0.05)).max(axis=1)
     assert at_thr[0] > 0.9 and best[0] > 0.9
     # The same CAM against a box in the other corner: no overlap.
-    at_thr, _ = _score_cams(cam, [(200.0, 200.0, 256.0, 256.0)], 256, 512, 0.5)
+    at_thr = box_ious(cam, [(200.0, 200.0, 256.0, 256.0)], 256, 512, [0.5])[:, 0]
     assert at_thr[0] == 0.0
 
 

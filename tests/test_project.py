@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genpromp.config import load_config, variant_name
+from genpromp.config import load_config
+from genpromp.layout import Variant
 from genpromp.errors import ConfigError
 from genpromp.prompts import TEMPLATES, concept_token, meta_token_for, token_index
 
@@ -29,7 +30,7 @@ def test_environment_yml_matches_pyproject():
 @pytest.mark.parametrize("name", ["config.yaml", "cub.yaml", "imagenet.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(REPO / "config" / name)
-    assert config["test"]["timesteps"] == [0, 99] or name == "config.yaml"
+    assert config["test"]["timesteps"] == [0, 99]
 
 
 def test_paper_settings_in_configs():
@@ -77,13 +78,16 @@ def test_every_original_option_has_a_home():
         "test.save_vis_path": config["test"]["n_vis"],
         "test.eval_mode": config["test"]["eval_modes"],
     }
-    assert len(homes) == 17
+    # the README's table of original options: every one that has a config key is listed above
+    readme = (REPO / "README.md").read_text()
+    options = {f"{a}.{b}" for a, b in re.findall(r"^\| `\{'(\w+)': \{'(\w+)':", readme, re.M)}
+    assert set(homes) == options - {"train.save_path", "test.save_log_path"}
 
 
 def test_variant_name_encodes_what_changes_maps():
-    assert variant_name("top1", 0.6, [0, 99]) == "top1_w0.60_t0-99"
-    assert variant_name("gtk", 0, [0]) == "gtk_w0.00_t0"
-    assert variant_name("gtk", 0.6, [0, 99]) != variant_name("gtk", 0.4, [0, 99])
+    assert Variant("top1", 0.6, [0, 99]).name == "top1_w0.60_t0-99"
+    assert Variant("gtk", 0, [0]).name == "gtk_w0.00_t0"
+    assert Variant("gtk", 0.6, [0, 99]).name != Variant("gtk", 0.4, [0, 99]).name
 
 
 def test_token_index_is_derived_from_templates(tokenizer):
@@ -95,8 +99,8 @@ def test_token_index_is_derived_from_templates(tokenizer):
 
 def test_meta_token_rule(tokenizer):
     # first synonym whose last word is a single CLIP token
-    assert meta_token_for("goldfinch, Carduelis carduelis", tokenizer) == "finch" or \
-        len(tokenizer.tokenize("goldfinch")) == 1
+    assert len(tokenizer.tokenize("goldfinch")) == 2  # "gold" + "finch": not a single token
+    assert meta_token_for("goldfinch, Carduelis carduelis", tokenizer) == "finch"
     assert meta_token_for("great white shark, white shark", tokenizer) == "shark"
     assert meta_token_for("red striped triangle", tokenizer) == "triangle"
     # none is a single token: the last sub-token of the first synonym's word
@@ -184,9 +188,9 @@ def test_command_line_strings_are_read_as_the_schema_type():
     """Snakemake's --config hands nested values over as strings ('0.4'); they are read as YAML
     scalars only where the schema expects that type."""
     config = load_config(REPO / "config" / "config.yaml", {"test": {"combine_ratio": "0.4", "batch_size": "3"},
-                                                           "train_unet": {"enabled": "false"}})
+                                                           "train_token": {"scale_lr": "false"}})
     assert config["test"]["combine_ratio"] == 0.4 and config["test"]["batch_size"] == 3
-    assert config["train_unet"]["enabled"] is False
+    assert config["train_token"]["scale_lr"] is False
     with pytest.raises(ConfigError, match="test.batch_size"):
         load_config(REPO / "config" / "config.yaml", {"test": {"batch_size": "3.5"}})
 
@@ -239,3 +243,49 @@ def test_atomic_outputs_get_umask_permissions(tmp_path):
     assert set(modes.values()) == {"0o644"}, modes
     for folder in [tmp_path / "unet", tmp_path / "unet" / "sub"]:
         assert oct(stat.S_IMODE(folder.stat().st_mode)) == "0o755"
+
+
+def _imported_names(path, package_dir):
+    """Every module (and ``from`` name) a file imports, relative imports resolved against its package."""
+    package = list(path.relative_to(package_dir.parent).parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + (node.module.split(".") if node.module else []))
+            yield module
+            yield from (f"{module}.{alias.name}" for alias in node.names)
+
+
+def _demo_importers(package_dir):
+    """``path: name`` of every import of ``<package>.demo`` outside ``<package>/demo/``."""
+    demo = f"{package_dir.name}.demo"
+    return [f"{path.relative_to(package_dir.parent)}: {name}"
+            for path in sorted(package_dir.rglob("*.py")) if (package_dir / "demo") not in path.parents
+            for name in _imported_names(path, package_dir) if name == demo or name.startswith(demo + ".")]
+
+
+def test_method_packages_never_import_the_demo():
+    assert _demo_importers(REPO / "genpromp") == []
+
+
+@pytest.mark.parametrize("where, line, name", [
+    ("cams/x.py", "from ..demo.world import COLOURS", "genpromp.demo.world"),
+    ("cams/x.py", "from .. import demo", "genpromp.demo"),
+    ("x.py", "from .demo import pretrain", "genpromp.demo"),
+    ("evaluation/x.py", "import genpromp.demo.tiny", "genpromp.demo.tiny"),
+    ("data/x.py", "from genpromp import demo", "genpromp.demo"),
+])
+def test_demo_import_check_catches_an_injected_import(tmp_path, where, line, name):
+    package = tmp_path / "genpromp"
+    for folder in ("demo", "cams", "evaluation", "data"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "demo" / "world.py").write_text("from ..cams import x\nfrom . import tiny\n")
+    (package / "cams" / "ok.py").write_text("from ..demonstration import y\nfrom . import demo_like\n")
+    assert _demo_importers(package) == []
+    (package / where).write_text(line + "\n")
+    found = _demo_importers(package)
+    assert found and all(f.startswith(f"genpromp/{where}: genpromp.demo") for f in found)
+    assert f"genpromp/{where}: {name}" in found

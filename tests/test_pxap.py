@@ -14,9 +14,10 @@ from genpromp.evaluation.evaluate import (
 )
 from genpromp.evaluation.evaluator import EvalSettings
 from genpromp.evaluation.pxap import (
-    MaskSource, PxapAccumulator, load_gt_mask, merge_pxap_states, pxap_bin_edges, pxap_scoremap, read_mask_listing,
+    MaskSource, PxapAccumulator, load_gt_mask, merge_pxap_states, pxap_bin_edges, read_mask_listing,
     summary_from_pxap_state,
 )
+from genpromp.evaluation.wsol import prepare_wsol_cam, wsol_scoremap
 
 from eval_fixtures import write_dataset
 
@@ -117,10 +118,12 @@ def test_mask_reading_follows_the_reference(tmp_path):
 
 def test_scoremap_is_float64_minmax():
     cam = np.array([[0.0, 1.0], [2.0, 4.0]], np.float32)
-    s = pxap_scoremap(cam, 2)
+    s = wsol_scoremap(cam, 2)
     assert s.dtype == np.float64 and s.tolist() == [[0.0, 0.25], [0.5, 1.0]]
-    assert not pxap_scoremap(np.full((4, 4), 3.0), 8).any()
-    assert not pxap_scoremap(np.array([[0.0, np.nan], [1.0, 2.0]]), 2).any()
+    assert not wsol_scoremap(np.full((4, 4), 3.0), 8).any()
+    assert not wsol_scoremap(np.array([[0.0, np.nan], [1.0, 2.0]]), 2).any()
+    # MaxBoxAcc quantises the very map PxAP scores
+    assert prepare_wsol_cam(cam, 2).tolist() == [[0, 63], [127, 255]]
 
 
 def test_shards_merge_to_the_single_pass():
@@ -283,7 +286,7 @@ DEMO_KW = dict(n_classes=3, train_per_class=2, test_per_class=3, image_size=(64,
 
 def _check_demo_masks(root, index):
     """Every test image has its masks in the listing, one per GT box, whose tight box is that GT box."""
-    from genpromp.data.synth import MASK_LISTING
+    from genpromp.demo.world import MASK_LISTING
     entries = read_mask_listing(MaskSource(root / MASK_LISTING))
     assert set(entries) == set(index.test["image_id"])
     for iid, w, h, boxes in index.test[["image_id", "width", "height", "boxes"]].itertuples(index=False):
@@ -301,7 +304,7 @@ def _check_demo_masks(root, index):
 
 def test_demo_world_writes_masks_of_the_test_images(tmp_path):
     from genpromp.data.indexing import index_cub, index_imagenet
-    from genpromp.data.synth import MASK_LISTING, write_cub_dataset, write_imagenet_dataset
+    from genpromp.demo.world import MASK_LISTING, write_cub_dataset, write_imagenet_dataset
     from data_fixtures import SYNSETS, load_tokenizer
     a = write_cub_dataset(tmp_path / "a", seed=3, **DEMO_KW)
     b = write_cub_dataset(tmp_path / "b", seed=3, **DEMO_KW)

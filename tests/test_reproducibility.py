@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_resume_workflow import (CAMS, DATASET, EVAL, MICRO, RUN, VARIANT, _env, assert_same_file,  # noqa: F401
-                                  assert_same_outputs, comparable_files, micro_reference, new_workdir, planned_jobs, run_workflow,
-                                  snakemake_cmd)
+from test_resume_workflow import (CAMS, DATASET, EVAL, MICRO, RUN, VARIANT, assert_same_file,  # noqa: F401
+                                  assert_same_outputs, comparable_files, micro_reference, new_workdir, run_workflow)
+from workflow_utils import planned_jobs, run_snakemake
 
 TRAINED = [f"results/{DATASET}/{name}" for name in ("index", "scores", "tokens", "unet", "unet.log.csv")]
 TRAINING_RULES = ("assets", "pretrain_tiny", "demo_world", "index", "train_token", "merge_tokens", "train_unet",
@@ -46,8 +45,7 @@ def workdir_with_trained(a, path, extra=()):
 
 def assert_plan_skips_training(workdir, configfile=MICRO):
     """A dry run plans the CAM / evaluation jobs but none of the copied training stages."""
-    plan = subprocess.run(snakemake_cmd(workdir, "-n", configfile=configfile), capture_output=True, text=True,
-                          env=_env())
+    plan = run_snakemake(workdir, "-n", configfile=configfile, check=False)
     assert plan.returncode == 0, plan.stderr[-3000:]
     jobs = planned_jobs(plan.stdout)
     assert "extract_cams" in jobs and "merge_eval" in jobs, plan.stdout[-3000:]

@@ -33,7 +33,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,9 +41,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from workflow_utils import REPO, planned_jobs, run_snakemake, snakemake_env
+from workflow_utils import snakemake_cmd as _snakemake_cmd
+
 MICRO = REPO / "tests" / "configs" / "micro.yaml"
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 DATASET, RUN, VARIANT = "cub_demo", "genpromp", "gtk_w0.60_t0-99"
 CAMS = f"results/{DATASET}/{RUN}/cams/{VARIANT}"
 EVAL = f"results/{DATASET}/{RUN}/eval/{VARIANT}"
@@ -59,37 +59,16 @@ __all__ = ["MICRO", "DATASET", "RUN", "VARIANT", "CAMS", "EVAL", "snakemake_cmd"
 # tests/test_reproducibility.py)
 
 def snakemake_cmd(workdir, *args, configfile=MICRO, cores=2):
-    """The snakemake command line on the repository's Snakefile (targets go first: --configfile is greedy)."""
-    return [SNAKEMAKE, *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--cores", str(cores), "--configfile", str(configfile)]
-
-
-def _env():
-    return dict(os.environ, PYTHONHASHSEED="0", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    """workflow_utils.snakemake_cmd with the micro config by default."""
+    return _snakemake_cmd(workdir, *args, configfile=configfile, cores=cores)
 
 
 def run_workflow(workdir, *args, configfile=MICRO, timeout=900):
     """Run snakemake to completion in ``workdir``; return its combined output (fails the test on error)."""
-    proc = subprocess.run(snakemake_cmd(workdir, *args, configfile=configfile), capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+    proc = run_snakemake(workdir, *args, configfile=configfile, timeout=timeout, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"snakemake failed ({proc.returncode}):\n{out[-6000:]}"
     return out
-
-
-def planned_jobs(output):
-    """{rule: count} from the 'Job stats' table of a snakemake (dry) run's output."""
-    jobs, inside = {}, False
-    for line in output.splitlines():
-        fields = line.split()
-        if fields[:2] == ["job", "count"]:
-            inside = True
-        elif inside and len(fields) == 2 and fields[1].isdigit():
-            if fields[0] == "total":
-                inside = False
-            else:
-                jobs[fields[0]] = int(fields[1])
-    return jobs
 
 
 def new_workdir(path, resources_from=None):
@@ -223,7 +202,7 @@ def run_and_kill(workdir, ready, name, log, timeout=600):
     ``ready(workdir)`` holds. Fails if the workflow ends first."""
     with open(log, "w") as fh:
         proc = subprocess.Popen(snakemake_cmd(workdir, "--rerun-incomplete"), stdout=fh, stderr=subprocess.STDOUT,
-                                env=_env(), start_new_session=True)
+                                env=snakemake_env(), start_new_session=True)
         deadline = time.monotonic() + timeout
         try:
             while proc.poll() is None and time.monotonic() < deadline:
@@ -270,7 +249,7 @@ def snapshot(workdir):
 def test_kill_and_resume_equals_uninterrupted_run(micro_reference, tmp_path):
     a = micro_reference
     b = new_workdir(tmp_path / "B", resources_from=a)
-    plan = subprocess.run(snakemake_cmd(b, "-n", "--quiet", "rules"), capture_output=True, text=True, env=_env())
+    plan = run_snakemake(b, "-n", "--quiet", "rules", configfile=MICRO, check=False)
     assert plan.returncode == 0, plan.stderr[-3000:]
     jobs = planned_jobs(plan.stdout)
     assert "index" in jobs and not {"pretrain_tiny", "demo_world", "assets"} & set(jobs), plan.stdout[-3000:]
@@ -292,7 +271,7 @@ def test_kill_and_resume_equals_uninterrupted_run(micro_reference, tmp_path):
     assert kept, "no output was complete at any kill point"
     compared = assert_same_outputs(a, b)
     assert any(f.endswith(".npz") for f in compared) and "results/tables/main.csv" in compared
-    nothing = subprocess.run(snakemake_cmd(b, "-n"), capture_output=True, text=True, env=_env())
+    nothing = run_snakemake(b, "-n", configfile=MICRO, check=False)
     assert "Nothing to be done" in nothing.stdout + nothing.stderr, nothing.stdout[-3000:]
     leftovers = sorted(p.relative_to(b).as_posix() for p in (b / "results").rglob(".*tmp*"))
     print("\n".join(report + [f"compared {len(compared)} outputs; temporary leftovers of killed writes: {leftovers}"]))

@@ -125,7 +125,9 @@ def test_topk_with_many_ties_matches_stable_argsort():
 
 def test_cli_help_lists_options():
     import argparse
-    from genpromp.data import classifier, indexing, scores, synth
+    from genpromp.data import indexing, scores
+    from genpromp.demo import classifier
+    from genpromp.demo import world as synth
     parser = argparse.ArgumentParser(prog="genpromp")
     sub = parser.add_subparsers(dest="command")
     for mod in (synth, indexing, scores, classifier):

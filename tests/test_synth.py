@@ -10,7 +10,7 @@ from PIL import Image
 
 from genpromp.data.indexing import index_cub, index_imagenet
 from genpromp.errors import GenprompError
-from genpromp.data.synth import (DEMO_CLASSES, COLOURS, TEXTURES, SHAPES, ObjectKind, caption_for, demo_classes,
+from genpromp.demo.world import (DEMO_CLASSES, COLOURS, TEXTURES, SHAPES, ObjectKind, caption_for, demo_classes,
                                  render_scene, write_corpus, write_cub_dataset, write_imagenet_dataset)
 
 from data_fixtures import SYNSETS, load_tokenizer

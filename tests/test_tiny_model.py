@@ -7,15 +7,16 @@ import torch
 
 from genpromp.errors import GenprompError
 from genpromp.models.loading import load_components
-from genpromp.models.tiny import SD14_BLOCK_TYPES, build_tiny_model, create_tiny_components
+from genpromp.demo.tiny import SD14_BLOCK_TYPES, create_tiny_components
 
-SMALL = dict(resolution=64, block_out_channels=(8, 16, 16, 16), cross_attention_dim=16, text_hidden_size=16,
-             text_layers=1, heads=2, vae_channels=(8, 8, 16, 16))
+from model_fixtures import TINY_SHAPES
+
+SMALL = TINY_SHAPES["small"]
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, tokenizer_dir):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd", tokenizer_dir, **SMALL)
+def tiny_folder(tiny_models):
+    return tiny_models("small")
 
 
 def test_folder_loads_like_sd14(tiny_folder):

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-REPO = Path(__file__).resolve().parent.parent
-TOKENIZER = REPO / "resources" / "assets" / "clip_tokenizer"
-TINY_RES = 64
+from model_fixtures import TINY_SHAPES
+from workflow_utils import REPO
+
+TINY_RES = TINY_SHAPES["train"]["resolution"]
 
 __all__ = ["tiny_model", "tiny_dataset", "make_dataset", "kept_dataset", "TINY_RES", "REPO", "stage1_settings"]
 
@@ -61,16 +62,9 @@ def make_dataset(root, n_classes=3, per_class=(3, 5, 2), seed=0, meta="bird", ta
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A random tiny SD-topology model folder (64 px, narrow) built once per session."""
-    from genpromp.models.tiny import build_tiny_model
-
-    if not TOKENIZER.is_dir():
-        pytest.skip("resources/assets/clip_tokenizer missing (run `genpromp assets`)")
-    out = tmp_path_factory.mktemp("tiny") / "tiny-sd"
-    return build_tiny_model(out, TOKENIZER, resolution=TINY_RES, block_out_channels=(16, 16, 32, 32),
-                            cross_attention_dim=32, text_hidden_size=32, text_layers=1, heads=2,
-                            vae_channels=(8, 8, 16, 16), seed=0)
+def tiny_model(tiny_models):
+    """A random tiny SD-topology model folder (TINY_RES px, narrow) built once per session."""
+    return tiny_models("train")
 
 
 @pytest.fixture(scope="session")

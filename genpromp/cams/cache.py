@@ -23,7 +23,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import InputError
+from ..errors import GenprompError, InputError
+from ..layout import MODE_ROLES, Variant, roles_for_mode
+from ..layout import cam_shard_name as shard_filename
 from ..io import atomic_path
 
 __all__ = [
@@ -32,11 +34,6 @@ __all__ = [
     "write_cam_shard", "read_cam_shard", "cam_index_rows", "write_cam_index", "register_cli",
 ]
 
-MODE_ROLES = {
-    "gtk": ("gt",),
-    "top1": ("top1", "gt"),
-    "top5": ("top1", "top2", "top3", "top4", "top5", "gt"),
-}
 INDEX_NAME = "index.parquet"
 INDEX_COLUMNS = ("image_id", "shard", "row", "slot", "class_id", "role")
 _SHARD_RE = re.compile(r"^shard-(\d+)\.npz$")
@@ -53,19 +50,6 @@ class CamShard:
 
     def __len__(self):
         return len(self.image_ids)
-
-
-def roles_for_mode(mode):
-    """Return the slot roles of ``mode`` (gtk | top1 | top5), e.g. ``('top1', 'gt')``."""
-    try:
-        return MODE_ROLES[mode]
-    except KeyError:
-        raise InputError("<mode>", f"unknown CAM mode {mode!r}; use one of {', '.join(MODE_ROLES)}") from None
-
-
-def shard_filename(k):
-    """File name of shard ``k``: ``shard-00003.npz``."""
-    return f"shard-{int(k):05d}.npz"
 
 
 def shard_number(path):
@@ -285,18 +269,15 @@ class CamCache:
             yield k, shard, self.index[self.index["shard"] == k]
 
 
-_VARIANT_MODE_RE = re.compile(r"^(gtk|top1|top5)_w")
-
-
 def _index_cli(args):
     folder = Path(args.folder)
     mode = args.mode
     if mode is None:
-        match = _VARIANT_MODE_RE.match(folder.name)
-        if match is None:
+        try:
+            mode = Variant.parse(folder.name).mode
+        except GenprompError:
             raise InputError(folder, "cannot tell the CAM mode from the folder name (expected a variant name such "
-                                     "as top1_w0.60_t0-99); pass --mode gtk|top1|top5")
-        mode = match.group(1)
+                                     "as top1_w0.60_t0-99); pass --mode gtk|top1|top5") from None
     shards = sorted(folder.glob("shard-*.npz"), key=shard_number) if folder.is_dir() else []
     if not shards:
         raise InputError(folder, "no shard-<k>.npz files here; run `genpromp extract-cams` for every shard first")

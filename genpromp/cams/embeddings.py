@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .. import layout
 from ..errors import InputError
 from ..io import atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
@@ -191,13 +192,28 @@ def build_run_embeddings(pretrained, classes_path, tokens, out_path, test_index=
                                             "untrained_classes": len(untrained)})
 
 
-def run_tokens(config, dataset, run, results="results"):
+def run_tokens(config, dataset, run):
     """What a run's ``tokens`` setting means for the embeddings: 'meta' or the token file / folder path
-    ('trained' = the dataset's merged stage-1 table ``<results>/<dataset>/tokens/tokens.safetensors``)."""
+    ('trained' = the dataset's merged stage-1 table, :func:`genpromp.layout.tokens`)."""
     tokens = config["runs"][run]["tokens"]
     if tokens == "trained":
-        return str(Path(results) / dataset / "tokens" / "tokens.safetensors")
+        return layout.tokens(dataset)
     return tokens
+
+
+def _default_scores(config, dataset):
+    """The dataset's imported classifier scores when the config's eval modes localize predicted classes
+    (top1/top5, which may lie outside keep_class), as the workflow does; else None."""
+    from ..errors import GenprompError
+
+    classifier = config["datasets"][dataset].get("classifier")
+    if not classifier or not set(config["test"]["eval_modes"]) - {"gtk"}:
+        return None
+    scores = Path(layout.scores(dataset, classifier["name"]))
+    if not scores.is_file():
+        raise GenprompError(f"{scores}: classifier scores not found; the config's eval modes "
+                            f"{config['test']['eval_modes']} need them (run import-scores first, or pass --scores)")
+    return scores
 
 
 def _cli(args):
@@ -208,39 +224,31 @@ def _cli(args):
     for key, name in (("datasets", args.dataset), ("runs", args.run)):
         if name not in config[key]:
             raise GenprompError(f"{key[:-1]} {name!r} is not in {args.config} (have {sorted(config[key])})")
-    tokens = args.tokens or run_tokens(config, args.dataset, args.run, args.results)
-    classes = args.classes or Path(args.results) / args.dataset / "index" / "classes.parquet"
-    out = args.out or Path(args.results) / args.dataset / args.run / "embeddings.safetensors"
-    scores = args.scores
-    classifier = config["datasets"][args.dataset].get("classifier")
-    if scores is None and classifier and set(config["test"]["eval_modes"]) - {"gtk"}:
-        # as the workflow: top1/top5 modes localize predicted classes, which may lie outside keep_class
-        scores = Path(args.results) / args.dataset / "scores" / f"{classifier['name']}.parquet"
-        if not scores.is_file():
-            raise GenprompError(f"{scores}: classifier scores not found; the config's eval modes "
-                                f"{config['test']['eval_modes']} need them (run import-scores first, or pass --scores)")
-    build_run_embeddings(args.pretrained or config["pretrained"], classes, tokens, out,
-                         test_index=args.index or Path(args.results) / args.dataset / "index" / "test.parquet",
-                         scores=scores)
+    ds = args.dataset
+    build_run_embeddings(args.pretrained or config["pretrained"], args.classes or layout.index_table(ds, "classes"),
+                         args.tokens or run_tokens(config, ds, args.run), args.out or layout.embeddings(ds, args.run),
+                         test_index=args.index or layout.index_table(ds, "test"),
+                         scores=args.scores if args.scores is not None else _default_scores(config, ds))
 
 
 def register_cli(sub):
+    ds, run = "<dataset>", "<run>"
     p = sub.add_parser("embeddings", help="compute a run's class text embeddings f_r and f_d (before extract-cams)",
                        description="Encode the 7 prompt templates with every class's concept token (f_r) and meta "
-                                   "token (f_d) and write <results>/<dataset>/<run>/embeddings.safetensors, the "
+                                   f"token (f_d) and write {layout.embeddings(ds, run)}, the "
                                    "--embeddings input of `genpromp extract-cams`. The run's tokens come from the "
                                    "config (runs.<run>.tokens: trained | meta | a path).")
     p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")
     p.add_argument("--dataset", required=True, help="dataset name (a key of `datasets` in the config)")
     p.add_argument("--run", required=True, help="run name (a key of `runs` in the config)")
-    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
     p.add_argument("--pretrained", default=None, help="SD folder (default: the config's `pretrained`)")
-    p.add_argument("--classes", default=None, help="class table (default: <results>/<dataset>/index/classes.parquet)")
+    p.add_argument("--classes", default=None, help=f"class table (default: {layout.index_table(ds, 'classes')})")
     p.add_argument("--tokens", default=None, help="'meta' or a token table / original tokens/ folder "
-                                                  "(default: from runs.<run>.tokens)")
-    p.add_argument("--out", default=None, help="output (default: <results>/<dataset>/<run>/embeddings.safetensors)")
+                                                  f"(default: from runs.<run>.tokens; trained = {layout.tokens(ds)})")
+    p.add_argument("--out", default=None, help=f"output (default: {layout.embeddings(ds, run)})")
     p.add_argument("--scores", default=None, help="classifier scores parquet: also encode the classes predicted in "
                                                    "the test images' top 5 (default: the dataset's imported scores "
-                                                   "when the config's eval modes include top1/top5)")
-    p.add_argument("--index", default=None, help="test index (default: <results>/<dataset>/index/test.parquet)")
+                                                   f"{layout.scores(ds, '<classifier>')} when the config's eval "
+                                                   "modes include top1/top5)")
+    p.add_argument("--index", default=None, help=f"test index (default: {layout.index_table(ds, 'test')})")
     p.set_defaults(func=_cli)

@@ -18,11 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,12 +30,13 @@ from PIL import Image
 from ..data.images import read_rgb
 from ..errors import ConfigError, GenprompError, InputError
 from ..io import resolve_inside
-from .cache import roles_for_mode, write_cam_shard
+from ..layout import Variant, roles_for_mode
+from .cache import write_cam_shard
 from .capture import capture_cross_attention, combine_group_maps, groups_from_config, run_unet_capture
 from .embeddings import combine_embeddings, read_embeddings
 
 __all__ = [
-    "VARIANT_RE", "PRECISIONS", "CamSettings", "ImageRecord", "parse_variant", "settings_from_config",
+    "PRECISIONS", "CamSettings", "ImageRecord", "settings_from_config",
     "resolve_precision", "choose_device", "place_module",
     "image_generator", "load_test_image", "TestImages", "iter_batches", "encode_latents_and_noise",
     "plan_prompts", "compute_pair_cams", "extract_cams", "shard_records", "read_top5", "extract_shard",
@@ -46,7 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-VARIANT_RE = re.compile(r"^(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9.]+)_t(?P<ts>[0-9-]+)$")
 # Values of test.inference_precision.
 PRECISIONS = ("auto", "fp32", "fp16")
 
@@ -85,14 +83,6 @@ class ImageRecord:
     path: str
     label: int
     top5: tuple | None = None
-
-
-def parse_variant(name):
-    """``top1_w0.60_t0-99`` → (mode, ratio, timesteps tuple); GenprompError for another shape."""
-    m = VARIANT_RE.match(name)
-    if not m:
-        raise GenprompError(f"variant {name!r} is not <gtk|top1|top5>_w<ratio>_t<t1>-<t2>… (e.g. top1_w0.60_t0-99)")
-    return m["mode"], float(m["ratio"]), tuple(int(t) for t in m["ts"].split("-") if t)
 
 
 def settings_from_config(config, mode, ratio, timesteps, token_index):
@@ -340,27 +330,27 @@ def shard_records(index_path, dataset_root, shard, shard_size, top5=None):
     return records
 
 
-def extract_shard(config, dataset, variant, shard, index_path, embeddings_path, out_path, unet_path=None,
+def extract_shard(config, variant, shard, index_path, image_root, embeddings_path, out_path, unet_path=None,
                   scores_path=None):
-    """Extract one CAM cache shard for ``dataset``/``variant`` and write it atomically. Returns the path.
+    """Extract CAM cache shard ``shard`` of ``variant`` (a Variant or its name) and write it atomically.
 
-    config: validated config dict; unet_path: UNet folder (None = the pretrained one); scores_path:
-    classifier scores parquet (needed for top1/top5).
+    config: validated config dict (``pretrained``, ``seed``, ``test``, ``compute``); index_path: the test (or
+    held-out) index; image_root: the folder its image paths are relative to; unet_path: UNet folder (None =
+    the pretrained one); scores_path: classifier scores parquet (needed for top1/top5). Returns the path.
     """
     from ..models.loading import load_components
     from ..prompts import token_index
 
-    mode, ratio, timesteps = parse_variant(variant)
-    if mode != "gtk" and scores_path is None:
-        raise GenprompError(f"variant {variant}: mode {mode} needs classifier scores (datasets.{dataset}.classifier)")
+    variant = Variant.parse(variant)
+    if variant.needs_scores and scores_path is None:
+        raise GenprompError(f"variant {variant}: mode {variant.mode} needs classifier scores "
+                            "(config key datasets.<dataset>.classifier)")
     device, dtype = choose_device(config["test"]["inference_precision"])  # refuses fp16 on a CPU before loading
     comps = load_components(config["pretrained"], unet_path=unet_path)
-    settings = settings_from_config(config, mode, ratio, timesteps, token_index(comps.tokenizer))
-    top5 = read_top5(scores_path) if mode != "gtk" else None
-    from ..data.indexing import image_root_for
-
-    records = shard_records(index_path, image_root_for(config["datasets"][dataset]), shard,
-                            config["test"]["shard_size"], top5)
+    settings = settings_from_config(config, variant.mode, variant.ratio, variant.timesteps,
+                                    token_index(comps.tokenizer))
+    top5 = read_top5(scores_path) if variant.needs_scores else None
+    records = shard_records(index_path, image_root, shard, config["test"]["shard_size"], top5)
     emb = read_embeddings(embeddings_path)
     log.info("shard %s: test.inference_precision %s -> VAE and UNet in %s on %s", shard, settings.precision,
              str(dtype).removeprefix("torch."), device)
@@ -372,10 +362,13 @@ def extract_shard(config, dataset, variant, shard, index_path, embeddings_path, 
 
 def _run_cli(args):
     from ..config import load_config
+    from ..data.indexing import image_root_for
 
     config = load_config(args.config)
-    extract_shard(config, args.dataset, args.variant, args.shard, args.index, args.embeddings, args.out,
-                  unet_path=args.unet, scores_path=args.scores)
+    if args.dataset not in config["datasets"]:
+        raise GenprompError(f"dataset {args.dataset!r} is not in {args.config} (have {sorted(config['datasets'])})")
+    extract_shard(config, args.variant, args.shard, args.index, image_root_for(config["datasets"][args.dataset]),
+                  args.embeddings, args.out, unet_path=args.unet, scores_path=args.scores)
 
 
 def register_cli(sub):

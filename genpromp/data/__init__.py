@@ -1,3 +1,3 @@
-"""Data foundation: image reading, the demo world, dataset indexing, score import, demo classifier."""
+"""Data foundation: image reading, dataset indexing, score import."""
 
-__all__ = ["images", "synth", "indexing", "scores", "classifier"]
+__all__ = ["images", "indexing", "scores"]

@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import layout
 from ..errors import GenprompError, InputError
 from ..io import atomic_path, resolve_inside
 from ..prompts import concept_token, meta_token_for
@@ -558,7 +559,7 @@ def _cli(args):
     config = load_config(args.config)
     if args.dataset not in config["datasets"]:
         raise GenprompError(f"dataset {args.dataset!r} is not in {args.config} (have {sorted(config['datasets'])})")
-    out = args.out or f"results/{args.dataset}/index"
+    out = args.out or layout.index_dir(args.dataset)
     index_dataset(config["datasets"][args.dataset], out, args.tokenizer, args.verify, args.threads)
 
 

@@ -31,27 +31,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..io import atomic_path, write_text_atomic
+from .metrics import first_argmax, mean_box_acc
 
-__all__ = ["select_heldout", "write_heldout_index", "first_argmax", "calibrate", "run_calibrate",
-           "heldout_variant"]
+__all__ = ["select_heldout", "write_heldout_index", "calibrate", "run_calibrate"]
 
 INDEX_COLUMNS = ("image_id", "path", "label", "width", "height", "boxes")
-
-
-def heldout_variant(variant):
-    """The held-out CAM variant that calibrates ``variant``: the same ratio and timesteps in ``gtk`` mode
-    (both protocols score the ground-truth-class map, which does not depend on the mode)."""
-    mode, sep, rest = str(variant).partition("_")
-    if not sep or mode not in ("gtk", "top1", "top5"):
-        raise ValueError(f"variant {variant!r} is not <gtk|top1|top5>_w<ratio>_t<t1>-<t2>")
-    return f"gtk_{rest}"
 
 
 def select_heldout(train, images_per_class, source="<train index>"):
@@ -92,14 +82,6 @@ def write_heldout_index(train_path, out_path, images_per_class):
     return len(rows)
 
 
-def first_argmax(values):
-    """Index of the first maximum of a non-empty sequence (ties: the lowest index)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("cannot pick a threshold from an empty curve")
-    return int(np.argmax(values))
-
-
 def _same_list(a, b, what, path):
     if [float(x) for x in a] != [float(x) for x in b]:
         raise InputError(path, f"{what} differ between the held-out and the test summary; evaluate both with the "
@@ -138,8 +120,8 @@ def _wsol_version(held, test, thr):
         cal["box_acc"][d] = float(curve[k])
         j = first_argmax(curve)
         oracle["threshold"][d], oracle["box_acc"][d] = thr[j], float(curve[j])
-    cal["mean"] = float(np.mean(list(cal["box_acc"].values())))
-    oracle["mean"] = float(np.mean(list(oracle["box_acc"].values())))
+    cal["mean"] = mean_box_acc(cal["box_acc"])
+    oracle["mean"] = mean_box_acc(oracle["box_acc"])
     return {"calibrated": cal, "oracle": oracle}
 
 

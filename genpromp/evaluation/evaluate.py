@@ -9,65 +9,43 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import layout
 from ..cams.cache import CamCache, read_cam_shard, shard_filename
-from ..errors import InputError
+from ..config import schema_default, schema_entry
+from ..errors import ConfigError, InputError
 from ..io import atomic_path, write_text_atomic
 from .evaluator import (
-    EvalSettings, Evaluator, ImageInput, ImageResult, evaluate_image, merge_states, summary_from_state,
+    Evaluator, ImageInput, ImageResult, evaluate_image, merge_states, score_classes, settings_from_params,
+    summary_from_state,
 )
+from .metrics import best_iou, center_gaussian_cam, full_image_box, scale_boxes_tscam, scale_boxes_wsol
 from .pxap import (
-    MaskSource, PxapAccumulator, load_gt_mask, merge_pxap_states, pxap_scoremap, read_mask_listing,
-    summary_from_pxap_state,
+    MaskSource, PxapAccumulator, load_gt_mask, merge_pxap_states, read_mask_listing, summary_from_pxap_state,
 )
-from .metrics import (
-    box_iou_matrix, center_gaussian_cam, classify_top1_error, full_image_box, scale_boxes_tscam,
-    scale_boxes_wsol, threshold_list,
-)
+from .wsol import wsol_scoremap
 
 __all__ = [
-    "load_test_index", "load_scores", "settings_from_params", "settings_from_config", "eval_part_shards",
+    "load_test_index", "load_scores", "settings_from_params", "eval_part_shards",
     "evaluate_cache", "evaluate_baselines", "results_table", "write_evaluation", "run_evaluate",
     "run_evaluate_part", "merge_evaluation", "run_baselines", "register_cli",
 ]
 log = logging.getLogger(__name__)
 
 
-def settings_from_params(evaluation, cam_thr):
-    """EvalSettings from the config's ``evaluation`` section (a dict) and a dataset's ``cam_thr``.
-
-    ``evaluation.sweep`` is the wsolevaluation τ list; ``evaluation.tscam_sweep`` (default
-    {start 0, stop 1, step 0.05}) the TS-CAM curve.
-    """
-    sw = evaluation["sweep"]
-    ts = evaluation.get("tscam_sweep") or {"start": 0.0, "stop": 1.0, "step": 0.05}
-    return EvalSettings(cam_thr=float(cam_thr), frame=int(evaluation["frame"]), wsol_frame=int(evaluation["wsol_frame"]),
-                        thresholds=tuple(threshold_list(sw["start"], sw["stop"], sw["step"]).tolist()),
-                        tscam_thresholds=tuple(threshold_list(ts["start"], ts["stop"], ts["step"]).tolist()),
-                        iou_thresholds=tuple(float(d) for d in evaluation["iou_thresholds"]),
-                        protocols=tuple(evaluation["protocols"]))
-
-
-def settings_from_config(config, dataset):
-    """EvalSettings from a validated config dict and a dataset name."""
-    return settings_from_params(config["evaluation"], config["datasets"][dataset]["cam_thr"])
-
-
 def eval_part_shards(n_images, cam_shard_size, eval_shard_size):
     """CAM shard numbers of each evaluation part: list of lists.
 
-    A part holds ``max(1, round(eval_shard_size / cam_shard_size))`` whole CAM shards; there are
-    ``max(1, ceil(n_images / cam_shard_size))`` CAM shards (the CAM stage's count).
+    A part holds ``max(1, round(eval_shard_size / cam_shard_size))`` whole CAM shards of the CAM stage's
+    ``layout.shard_count(n_images, cam_shard_size)``.
     """
-    n_cam = max(1, -(-int(n_images) // int(cam_shard_size)))
+    n_cam = layout.shard_count(n_images, cam_shard_size)
     per = max(1, round(int(eval_shard_size) / int(cam_shard_size)))
     return [list(range(k, min(n_cam, k + per))) for k in range(0, n_cam, per)]
 
@@ -219,16 +197,11 @@ def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1, s
 
 
 def _fixed_box_result(iid, label, gt_tscam, gt_wsol, box_t, box_w, top5, n_thr, n_ts):
-    iou = float(box_iou_matrix(box_t, gt_tscam).max())
-    iou_w = float(box_iou_matrix(box_w, gt_wsol).max())
+    """The result of one box used at every threshold (the full-image baseline); its map is every class's."""
+    iou, iou_w = best_iou(box_t, gt_tscam), best_iou(box_w, gt_wsol)
     res = ImageResult(iid, label, None, None, None, list(box_t), iou, iou >= 0.5, None, None, None, None, None,
                       np.full(n_ts, iou, np.float64), np.full(n_thr, iou_w, np.float64), np.full(n_thr, iou_w, np.float64))
-    if top5 is not None:
-        res.top1_id, res.cls1, res.cls5 = top5[0], top5[0] == label, label in top5
-        res.box_top1, res.iou_top1 = list(box_t), iou
-        res.top1_loc, res.top5_loc = bool(res.cls1 and iou > 0.5), bool(res.cls5 and iou > 0.5)
-        res.error = classify_top1_error(res.cls1, box_t, gt_tscam)
-    return res
+    return score_classes(res, top5, (box_t, iou), gt_tscam) if top5 is not None else res
 
 
 def evaluate_baselines(index_path, settings, scores_path=None, cam_size=64, masks=None):
@@ -250,8 +223,8 @@ def evaluate_baselines(index_path, settings, scores_path=None, cam_size=64, mask
     pxap = None
     if entries is not None:
         pxap = {k: PxapAccumulator(settings.thresholds, settings.wsol_frame) for k in out}
-        center_scores = pxap_scoremap(center_map, settings.wsol_frame)
-        flat_scores = pxap_scoremap(np.ones((cam_size, cam_size)), settings.wsol_frame)
+        center_scores = wsol_scoremap(center_map, settings.wsol_frame)
+        flat_scores = wsol_scoremap(np.ones((cam_size, cam_size)), settings.wsol_frame)
     for iid, label, w, h, boxes in index[["image_id", "label", "width", "height", "boxes"]].itertuples(index=False):
         gt = np.asarray([list(b) for b in boxes], dtype=np.float64)
         top5 = scores.get(iid) if scores is not None else None
@@ -400,10 +373,10 @@ def run_baselines(index, settings, out_dir, scores=None, meta=None, masks=None):
 
 
 def _settings_from_args(args):
-    return EvalSettings(cam_thr=args.cam_thr, frame=args.frame, wsol_frame=args.wsol_frame,
-                        thresholds=tuple(threshold_list(*args.sweep).tolist()),
-                        tscam_thresholds=tuple(threshold_list(*args.tscam_sweep).tolist()),
-                        iou_thresholds=tuple(args.iou_thresholds), protocols=tuple(args.protocols))
+    """The settings of the command line, read as the config's ``evaluation`` section would be."""
+    sweeps = {key: dict(zip(("start", "stop", "step"), getattr(args, key))) for key in ("sweep", "tscam_sweep")}
+    return settings_from_params({"frame": args.frame, "wsol_frame": args.wsol_frame, **sweeps,
+                                 "iou_thresholds": args.iou_thresholds, "protocols": args.protocols}, args.cam_thr)
 
 
 def _meta_from_args(args):
@@ -411,23 +384,20 @@ def _meta_from_args(args):
                               ("mode", args.mode), ("ratio", args.ratio)) if v is not None}
 
 
-_CLI_VARIANT = re.compile(r"(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9.]+)_t[0-9-]+")
-
-
 def _names_from_paths(args):
     """Fill the names a summary records (and `genpromp tables` needs) from the workflow's layout when
-    not given: --index results/<dataset>/index/test.parquet, --cams results/<dataset>/<run>/cams/<variant>.
-    Baseline summaries need a dataset: without one (given or read from the path) this is an error."""
-    index = Path(args.index)
-    if args.dataset is None and index.parent.name == "index" and index.parent.parent.name not in ("", "."):
-        args.dataset = index.parent.parent.name
-    cams = Path(args.cams) if args.cams else None
-    match = _CLI_VARIANT.fullmatch(cams.name) if cams is not None else None
-    if match and cams.parent.name == "cams" and not args.baselines:
-        args.variant = args.variant or cams.name
-        args.run = args.run or cams.parent.parent.name
-        args.mode = args.mode or match["mode"]
-        args.ratio = float(match["ratio"]) if args.ratio is None else args.ratio
+    not given (:func:`genpromp.layout.parse_results_path`): the dataset from --index (else --cams), the
+    run, variant, mode and ratio from a CAM cache folder --cams. Baseline summaries need a dataset:
+    without one (given or read from the path) this is an error."""
+    cams = layout.parse_results_path(args.cams) if args.cams and not args.baselines else {}
+    if args.dataset is None:
+        args.dataset = layout.parse_results_path(args.index).get("dataset") or cams.get("dataset")
+    if "variant" in cams:
+        variant = layout.Variant.parse(cams["variant"])
+        args.variant = args.variant or cams["variant"]
+        args.run = args.run or cams["run"]
+        args.mode = args.mode or variant.mode
+        args.ratio = variant.ratio if args.ratio is None else args.ratio
     if args.baselines and args.dataset is None:
         raise InputError("<command line>", f"--baselines needs --dataset NAME (recorded in the baseline summaries, "
                                            f"which `genpromp tables` groups by dataset); it cannot be read from "
@@ -462,25 +432,38 @@ def _merge_cli(args):
                      meta=_meta_from_args(args))
 
 
+def _cam_thr_option(p):
+    """--cam-thr, defaulting to the schema's datasets.<d>.cam_thr default (required when it has none)."""
+    try:
+        default = float(schema_default("datasets.*.cam_thr"))
+    except ConfigError:
+        default = None
+    p.add_argument("--cam-thr", type=float, default=default, required=default is None,
+                   help="TS-CAM threshold (config datasets.<d>.cam_thr" + ("" if default is None else
+                        f"; default {default:g}, the config's") + "; CUB 0.23, ImageNet 0.25)")
+
+
 def _add_settings_options(p):
-    p.add_argument("--cam-thr", type=float, default=0.23, help="TS-CAM threshold (config datasets.<d>.cam_thr; "
-                                                              "0.23 CUB, 0.25 ImageNet)")
-    p.add_argument("--frame", type=int, default=512, help="TS-CAM evaluation frame (evaluation.frame)")
-    p.add_argument("--wsol-frame", type=int, default=224, help="wsolevaluation frame (evaluation.wsol_frame)")
-    p.add_argument("--sweep", type=float, nargs=3, default=[0.0, 1.0, 0.01], metavar=("START", "STOP", "STEP"),
-                   help="wsolevaluation threshold sweep np.arange(START, STOP, STEP) for MaxBoxAcc/V2 "
-                        "(evaluation.sweep)")
-    p.add_argument("--tscam-sweep", type=float, nargs=3, default=[0.0, 1.0, 0.05], metavar=("START", "STOP", "STEP"),
-                   help="TS-CAM-protocol threshold curve np.arange(START, STOP, STEP) (evaluation.tscam_sweep); "
-                        "the Loc numbers at --cam-thr are computed exactly whatever this is")
-    p.add_argument("--iou-thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7],
+    """The protocol options; their defaults are the config schema's (evaluation.*)."""
+    _cam_thr_option(p)
+    ev = schema_default("evaluation")
+    p.add_argument("--frame", type=int, default=ev["frame"], help="TS-CAM evaluation frame (evaluation.frame)")
+    p.add_argument("--wsol-frame", type=int, default=ev["wsol_frame"], help="wsolevaluation frame (evaluation.wsol_frame)")
+    for key, what in (("sweep", "wsolevaluation threshold sweep for MaxBoxAcc/V2"),
+                      ("tscam_sweep", "TS-CAM-protocol threshold curve (the Loc numbers at --cam-thr are computed "
+                                      "exactly whatever this is)")):
+        p.add_argument(f"--{key.replace('_', '-')}", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
+                       default=[ev[key][k] for k in ("start", "stop", "step")],
+                       help=f"{what}: np.arange(START, STOP, STEP) (evaluation.{key})")
+    p.add_argument("--iou-thresholds", type=float, nargs="+", default=ev["iou_thresholds"],
                    help="IoU thresholds δ of MaxBoxAccV2 (evaluation.iou_thresholds)")
-    p.add_argument("--protocols", nargs="+", default=["tscam", "wsol"], choices=["tscam", "wsol"],
-                   help="which threshold sweeps to run (the cam_thr point metrics always run)")
+    p.add_argument("--protocols", nargs="+", default=ev["protocols"],
+                   choices=schema_entry("evaluation.protocols")["items"]["enum"],
+                   help="which threshold sweeps to run (evaluation.protocols; the cam_thr point metrics always run)")
     p.add_argument("--dataset", default=None, help="dataset name recorded in the summary")
     p.add_argument("--run", default=None, help="run name recorded in the summary")
     p.add_argument("--variant", default=None, help="variant name recorded in the summary")
-    p.add_argument("--mode", default=None, choices=["gtk", "top1", "top5"], help="CAM mode recorded in the summary")
+    p.add_argument("--mode", default=None, choices=layout.MODES, help="CAM mode recorded in the summary")
     p.add_argument("--ratio", type=float, default=None, help="combine ratio w recorded in the summary")
 
 

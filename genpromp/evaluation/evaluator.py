@@ -21,33 +21,67 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import schema_default
 from .metrics import (
-    ERROR_CATEGORIES, box_iou_matrix, classify_top1_error,
-    scale_boxes_tscam, scale_boxes_wsol, tscam_box,
+    ERROR_CATEGORIES, best_iou, box_acc_hits, box_acc_percent, classify_top1_error, first_argmax, max_box_acc,
+    scale_boxes_tscam, scale_boxes_wsol, threshold_list, tscam_box,
 )
 from .tscam import prepare_tscam_cam, tscam_sweep_boxes, tscam_sweep_ious
 from .wsol import prepare_wsol_cam, wsol_sweep_ious
 
-__all__ = ["EvalSettings", "ImageInput", "ImageResult", "Evaluator", "evaluate_image", "summarize_results",
-           "state_from_results", "merge_states", "summary_from_state", "json_copy"]
+__all__ = ["EvalSettings", "settings_from_params", "sweep_thresholds", "ImageInput", "ImageResult", "Evaluator",
+           "evaluate_image", "score_classes", "wsol_summary", "summarize_results", "state_from_results", "merge_states",
+           "summary_from_state", "json_copy"]
+
+
+def sweep_thresholds(sweep):
+    """The thresholds of a sweep entry ``{start, stop, step}`` (``evaluation.sweep`` / ``tscam_sweep``):
+    ``np.arange(start, stop, step)`` in float64, as a tuple of floats."""
+    return tuple(threshold_list(sweep["start"], sweep["stop"], sweep["step"]).tolist())
+
+
+# How each settings field is read from its config value (settings_from_params and the schema defaults).
+_CONVERT = {"frame": int, "wsol_frame": int, "sweep": sweep_thresholds, "tscam_sweep": sweep_thresholds,
+            "iou_thresholds": lambda ds: tuple(float(d) for d in ds), "protocols": tuple}
+
+
+def _schema_field(key):
+    """A settings field whose default is the config schema's default of ``evaluation.<key>``."""
+    return field(default_factory=lambda: _CONVERT[key](schema_default(f"evaluation.{key}")))
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Protocol parameters (config ``evaluation`` + the dataset's ``cam_thr``).
+    """Protocol parameters (config ``evaluation`` + the dataset's ``cam_thr``); every default is the
+    config schema's (``datasets.<d>.cam_thr``, ``evaluation.*``).
 
-    ``thresholds`` is the wsolevaluation τ list (MaxBoxAcc/V2, the field's 100-step sweep);
-    ``tscam_thresholds`` the TS-CAM-protocol curve (figure only; the Loc numbers at ``cam_thr`` are
-    always computed exactly at ``cam_thr``).
+    ``thresholds`` is the wsolevaluation τ list (MaxBoxAcc/V2, ``evaluation.sweep``);
+    ``tscam_thresholds`` the TS-CAM-protocol curve (``evaluation.tscam_sweep``; figure only, the Loc
+    numbers at ``cam_thr`` are always computed exactly at ``cam_thr``).
     """
 
-    cam_thr: float = 0.23
-    frame: int = 512
-    wsol_frame: int = 224
-    thresholds: tuple = tuple(np.arange(0.0, 1.0, 0.01).tolist())  # wsolevaluation sweep (evaluation.sweep)
-    tscam_thresholds: tuple = tuple(np.arange(0.0, 1.0, 0.05).tolist())  # TS-CAM curve (evaluation.tscam_sweep)
-    iou_thresholds: tuple = (0.3, 0.5, 0.7)
-    protocols: tuple = ("tscam", "wsol")
+    cam_thr: float = field(default_factory=lambda: float(schema_default("datasets.*.cam_thr")))
+    frame: int = _schema_field("frame")
+    wsol_frame: int = _schema_field("wsol_frame")
+    thresholds: tuple = _schema_field("sweep")
+    tscam_thresholds: tuple = _schema_field("tscam_sweep")
+    iou_thresholds: tuple = _schema_field("iou_thresholds")
+    protocols: tuple = _schema_field("protocols")
+
+
+def settings_from_params(evaluation, cam_thr):
+    """EvalSettings from the config's ``evaluation`` section (a dict) and a dataset's ``cam_thr``.
+
+    Keys missing from ``evaluation`` (or from its sweep entries) take the schema's defaults.
+    """
+    params = schema_default("evaluation")
+    for key, value in evaluation.items():
+        both_dicts = isinstance(value, dict) and isinstance(params.get(key), dict)
+        params[key] = {**params[key], **value} if both_dicts else value
+    c = {k: convert(params[k]) for k, convert in _CONVERT.items()}
+    return EvalSettings(cam_thr=float(cam_thr), frame=c["frame"], wsol_frame=c["wsol_frame"], thresholds=c["sweep"],
+                        tscam_thresholds=c["tscam_sweep"], iou_thresholds=c["iou_thresholds"],
+                        protocols=c["protocols"])
 
 
 @dataclass
@@ -95,12 +129,42 @@ class ImageResult:
 def _tscam_point(cam, gt_frame, settings):
     u8 = prepare_tscam_cam(cam, settings.frame)
     box = tscam_box(u8, settings.cam_thr)
-    return u8, box, float(box_iou_matrix(box, gt_frame).max())
+    return u8, box, best_iou(box, gt_frame)
 
 
 def _same_map(a, b):
     """True when two (class_id, cam) entries hold the same class and bit-identical maps."""
     return a[0] == b[0] and (a[1] is b[1] or np.array_equal(a[1], b[1]))
+
+
+def score_classes(res, top5_ids, top1_point, gt_frame):
+    """Fill the classifier fields of an :class:`ImageResult` whose GT-map fields are set; return it.
+
+    top5_ids: the classifier's top-5 class ids, best first. top1_point: ``(box, iou)`` of the top-1
+    class's map in the TS-CAM frame, or None when no top-1 map is stored (a gtk cache): the GT-class
+    map is then the top-1 map when the top-1 class is right, and there is no top-1 box otherwise.
+    Top-1 Loc: class right and IoU > 0.5; Top-5 Loc: GT class in the top 5 and the GT map's IoU > 0.5.
+    """
+    top5 = [int(c) for c in top5_ids]
+    res.top1_id, res.cls1, res.cls5 = top5[0], top5[0] == res.label, res.label in top5
+    res.top5_loc = bool(res.cls5 and res.iou_gt > 0.5)
+    if top1_point is None:
+        top1_point = (res.box_gt, res.iou_gt) if res.cls1 else (None, None)
+    box_top1, res.iou_top1 = top1_point
+    res.box_top1 = None if box_top1 is None else [int(v) for v in box_top1]
+    res.top1_loc = bool(res.cls1 and res.iou_top1 is not None and res.iou_top1 > 0.5)
+    res.error = classify_top1_error(res.cls1, res.box_top1, gt_frame) if res.box_top1 is not None else "Cls"
+    return res
+
+
+def _top1_point(inp, box_gt, iou_gt, gt_frame, settings):
+    """(box, iou) of the top-1 map, or None when the image stores none."""
+    if "top1" not in inp.maps:
+        return None
+    if _same_map(inp.maps["top1"], inp.maps["gt"]):
+        return box_gt, iou_gt  # one map per class: identical input, identical box
+    _, box, iou = _tscam_point(inp.maps["top1"][1], gt_frame, settings)
+    return box, iou
 
 
 def evaluate_image(inp, settings):
@@ -112,19 +176,7 @@ def evaluate_image(inp, settings):
     res = ImageResult(inp.image_id, int(inp.label), None, None, None, [int(v) for v in box_gt], iou_gt,
                       iou_gt >= 0.5, None, None, None, None, None)
     if inp.top5_ids is not None:
-        top5 = [int(c) for c in inp.top5_ids]
-        res.top1_id, res.cls1, res.cls5 = top5[0], top5[0] == inp.label, inp.label in top5
-        res.top5_loc = bool(res.cls5 and iou_gt > 0.5)
-        if "top1" in inp.maps and _same_map(inp.maps["top1"], inp.maps["gt"]):
-            box_top1, iou_top1 = box_gt, iou_gt  # one map per class: identical input, identical box
-        elif "top1" in inp.maps:
-            _, box_top1, iou_top1 = _tscam_point(inp.maps["top1"][1], gt_frame, settings)
-        else:  # no top-1 map stored (gtk cache): only meaningful when the class is right
-            box_top1, iou_top1 = (box_gt, iou_gt) if res.cls1 else (None, None)
-        res.box_top1 = None if box_top1 is None else [int(v) for v in box_top1]
-        res.iou_top1 = iou_top1
-        res.top1_loc = bool(res.cls1 and iou_top1 is not None and iou_top1 > 0.5)
-        res.error = classify_top1_error(res.cls1, res.box_top1, gt_frame) if res.box_top1 is not None else "Cls"
+        score_classes(res, inp.top5_ids, _top1_point(inp, box_gt, iou_gt, gt_frame, settings), gt_frame)
     if "tscam" in settings.protocols:
         res.tscam_ious = tscam_sweep_ious(tscam_sweep_boxes(u8, settings.tscam_thresholds), gt_frame)
     if "wsol" in settings.protocols:
@@ -168,7 +220,7 @@ def state_from_results(results, settings):
         state["errors"] = {c: cats.count(c) for c in ERROR_CATEGORIES}
     if "tscam" in settings.protocols and n:
         ious = _iou_matrix([r.tscam_ious for r in results], "tscam_ious")
-        curve = {"gt_known": (ious >= 0.5).sum(axis=0).tolist()}
+        curve = {"gt_known": box_acc_hits(ious, 0.5).tolist()}  # GT-known Loc: IoU ≥ 0.5
         if has_cls:
             cls1 = np.array([r.cls1 for r in results])[:, None]
             cls5 = np.array([r.cls5 for r in results])[:, None]
@@ -179,7 +231,7 @@ def state_from_results(results, settings):
         state["wsol"] = {}
         for v in ("v1", "v2"):
             ious = _iou_matrix([getattr(r, f"wsol_{v}") for r in results], f"wsol_{v}")
-            state["wsol"][v] = {f"{float(d):g}": (ious >= float(d)).sum(axis=0).tolist() for d in settings.iou_thresholds}
+            state["wsol"][v] = {f"{float(d):g}": box_acc_hits(ious, float(d)).tolist() for d in settings.iou_thresholds}
     return state
 
 
@@ -233,19 +285,15 @@ def _add(a, b):
     return [int(x) + int(y) for x, y in zip(a, b)]
 
 
-def _curve(hits, n):
-    """Percent curve from per-threshold hit counts: float64 [T], computed as wsolevaluation's
-    ``num_correct * 100. / cnt`` (multiply first; ``hits / n * 100`` can differ in the last bit)."""
-    return np.asarray(hits, dtype=np.float64) * 100.0 / float(n)
-
-
-def _wsol_summary(hits_by_delta, n, thresholds):
-    curves = {d: _curve(h, n) for d, h in hits_by_delta.items()}
-    acc = {d: float(c.max()) for d, c in curves.items()}
+def wsol_summary(hits_by_delta, n, thresholds):
+    """MaxBoxAcc summary of one version (V1 or V2) from its hit counts {δ: hits per τ} over ``n`` images:
+    ``{"max_box_acc": {δ: %}, "best_threshold": {δ: τ}, "mean": %, "curve": {δ: % per τ}}``."""
+    curves = {d: box_acc_percent(h, n) for d, h in hits_by_delta.items()}
+    acc, idx, mean = max_box_acc(curves)
     return {
         "max_box_acc": acc,
-        "best_threshold": {d: float(thresholds[int(np.argmax(c))]) for d, c in curves.items()},
-        "mean": float(np.mean(list(acc.values()))),
+        "best_threshold": {d: float(thresholds[i]) for d, i in idx.items()},
+        "mean": mean,
         "curve": {d: c.tolist() for d, c in curves.items()},
     }
 
@@ -266,16 +314,16 @@ def summary_from_state(state, settings):
     if has_cls:
         ts["error_breakdown"] = {c: 100.0 * state["errors"][c] / n for c in ERROR_CATEGORIES}
     if state["tscam_curve"] is not None:
-        curve = {k: _curve(v, n) for k, v in state["tscam_curve"].items()}
+        curve = {k: box_acc_percent(v, n) for k, v in state["tscam_curve"].items()}
         gtk = curve["gt_known"]
         ts["thresholds"] = ts_thr
         ts["curve"] = {k: v.tolist() for k, v in curve.items()}
-        ts["best_gt_known"] = {"threshold": ts_thr[int(np.argmax(gtk))], "value": float(gtk.max())}
+        ts["best_gt_known"] = {"threshold": ts_thr[first_argmax(gtk)], "value": float(gtk.max())}
     out["tscam"] = ts
     if state["wsol"] is not None:
         out["wsol"] = {"frame": settings.wsol_frame, "iou_thresholds": [float(d) for d in settings.iou_thresholds],
-                       "v2": _wsol_summary(state["wsol"]["v2"], n, thr),
-                       "v1": _wsol_summary(state["wsol"]["v1"], n, thr)}
+                       "v2": wsol_summary(state["wsol"]["v2"], n, thr),
+                       "v1": wsol_summary(state["wsol"]["v1"], n, thr)}
     return out
 
 

@@ -25,7 +25,7 @@ __all__ = [
     "normalize_minmax", "resize_cam", "cam_to_uint8", "prepare_cam",
     "scale_boxes_tscam", "scale_boxes_wsol", "box_iou_matrix", "best_iou",
     "integer_threshold", "find_contours_above", "tscam_box", "wsol_boxes",
-    "classify_top1_error", "box_acc_curve", "max_box_acc",
+    "classify_top1_error", "box_acc_hits", "box_acc_percent", "first_argmax", "mean_box_acc", "max_box_acc",
     "center_gaussian_cam", "full_image_box", "threshold_list",
 ]
 
@@ -106,6 +106,18 @@ def scale_boxes_wsol(boxes, width, height, frame):
     return np.trunc(b * f / np.array([w, h, w, h])).astype(np.int64)
 
 
+def _overlap(a, b):
+    """Inclusive pixel counts of boxes ``a`` [A, 4] × ``b`` [B, 4], all int64: the intersections [A, B]
+    and the areas of ``a`` [A, 1] and of ``b`` [1, B]."""
+    a = np.asarray(a, dtype=np.int64).reshape(-1, 1, 4)
+    b = np.asarray(b, dtype=np.int64).reshape(1, -1, 4)
+    iw = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    ih = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    return iw * ih, area_a, area_b
+
+
 def box_iou_matrix(a, b):
     """Inclusive IoU of every box in ``a`` [A, 4] with every box in ``b`` [B, 4]: float64 [A, B].
 
@@ -116,13 +128,7 @@ def box_iou_matrix(a, b):
     2^26 differ by far more than a float64 rounding error. An IoU of exactly 7/10 counts at δ = 0.7;
     cast to float32 it would become 0.69999999 and not count.
     """
-    a = np.asarray(a, dtype=np.int64).reshape(-1, 1, 4)
-    b = np.asarray(b, dtype=np.int64).reshape(1, -1, 4)
-    iw = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
-    ih = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
-    inter = iw * ih
-    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    inter, area_a, area_b = _overlap(a, b)
     union = area_a + area_b - inter
     ok = union > 0
     return np.where(ok, inter / np.where(ok, union, 1), 0.0)
@@ -177,14 +183,6 @@ def wsol_boxes(u8, thr, multi_contour):
     return np.array(boxes, dtype=np.int64)
 
 
-def _intersection(box, gt_boxes):
-    b = np.asarray(box, dtype=np.int64).reshape(1, 4)
-    g = np.asarray(gt_boxes, dtype=np.int64).reshape(-1, 4)
-    iw = np.maximum(0, np.minimum(b[:, 2], g[:, 2]) - np.maximum(b[:, 0], g[:, 0]) + 1)
-    ih = np.maximum(0, np.minimum(b[:, 3], g[:, 3]) - np.maximum(b[:, 1], g[:, 1]) + 1)
-    return iw * ih
-
-
 def classify_top1_error(class_correct, box, gt_boxes):
     """Top-1 error category of one image (TS-CAM's breakdown), checked in this order:
 
@@ -199,12 +197,11 @@ def classify_top1_error(class_correct, box, gt_boxes):
     ious = box_iou_matrix(box, g)[0]
     if ious.max() > 0.5:
         return "Right"
-    inter = _intersection(box, g)
-    gt_area = (g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1)
+    inter, box_area, gt_area = _overlap(box, g)
+    inter, box_area, gt_area = inter[0], int(box_area[0, 0]), gt_area[0]
     if len(g) > 1 and int((inter / gt_area > 0.3).sum()) > 1:
         return "M-ins"
     best = int(np.argmax(ious))
-    box_area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
     if box_area > 0 and inter[best] / box_area > 0.5:
         return "Part"
     if inter[best] / gt_area[best] >= 0.7:
@@ -212,29 +209,48 @@ def classify_top1_error(class_correct, box, gt_boxes):
     return "Wrong"
 
 
-def box_acc_curve(best_ious, delta):
-    """% of images whose best IoU ≥ ``delta`` at each threshold: best_ious [N, T] → float64 [T].
+def box_acc_hits(best_ious, delta):
+    """Images whose best IoU is ≥ ``delta``, per threshold: best_ious [N, T] → int [T].
 
-    best_ious must hold the float64 quotients of :func:`box_iou_matrix` (see there for why).
+    best_ious must hold the float64 quotients of :func:`box_iou_matrix` (see there for why). These
+    counts are what an evaluation state stores; states of disjoint image sets add up.
     """
-    best_ious = np.asarray(best_ious, dtype=np.float64)
-    if best_ious.shape[0] == 0:
-        return np.zeros(best_ious.shape[1])
-    return (best_ious >= delta).sum(axis=0) * 100.0 / float(best_ious.shape[0])  # wsolevaluation's order
+    return (np.asarray(best_ious) >= delta).sum(axis=0)
 
 
-def max_box_acc(best_ious, deltas):
+def box_acc_percent(hits, n):
+    """BoxAcc (%) per threshold from hit counts over ``n`` images: float64 [T].
+
+    Computed as wsolevaluation reports it, ``num_correct * 100. / cnt`` (multiply first;
+    ``hits / n * 100`` can differ in the last bit, e.g. for 1 of 7).
+    """
+    return np.asarray(hits, dtype=np.float64) * 100.0 / float(n)
+
+
+def first_argmax(values):
+    """Index of the first maximum of a non-empty sequence (ties: the lowest index, as ``np.argmax``)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("cannot pick a threshold from an empty curve")
+    return int(np.argmax(values))
+
+
+def mean_box_acc(acc_by_delta):
+    """Mean over the IoU thresholds δ of BoxAcc values {δ: %} (MaxBoxAccV2 when they are the maxima)."""
+    return float(np.mean(list(acc_by_delta.values())))
+
+
+def max_box_acc(curves):
     """MaxBoxAcc per δ and MaxBoxAccV2 (their mean), τ chosen per δ.
 
-    best_ious: [N, T] best IoU of image n at threshold index t. Returns
-    ``(acc {δ: %}, best_index {δ: t}, mean %)``; the first maximising index wins ties.
+    curves: {δ: BoxAcc % per threshold index} (:func:`box_acc_percent`). Returns
+    ``(acc {δ: %}, best_index {δ: t}, mean %)`` keyed like ``curves``; the first maximising index wins ties.
     """
     acc, idx = {}, {}
-    for d in deltas:
-        curve = box_acc_curve(best_ious, d)
-        idx[float(d)] = int(np.argmax(curve))
-        acc[float(d)] = float(curve.max())
-    return acc, idx, float(np.mean(list(acc.values())))
+    for d, curve in curves.items():
+        idx[d] = first_argmax(curve)
+        acc[d] = float(np.max(curve))
+    return acc, idx, mean_box_acc(acc)
 
 
 def center_gaussian_cam(size, sigma_fraction=0.25):

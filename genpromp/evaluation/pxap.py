@@ -4,7 +4,7 @@ Per image (all arithmetic as the reference does it):
 
 * Score map: the CAM as float64, resized bicubically (cv2) to the evaluation frame F × F
   (``evaluation.wsol_frame``), min-max normalised in float64; a constant map or one with a NaN
-  becomes all zeros (:func:`pxap_scoremap`).
+  becomes all zeros (:func:`~.wsol.wsol_scoremap`, the map MaxBoxAcc quantises).
 * Ground truth: every mask file of the image is read as 8-bit grey (cv2), resized to F × F with
   nearest-neighbour interpolation and binarised with ``value > 0.5`` (so any non-zero grey level is
   foreground); the image's masks are OR-ed. Its ignore mask (optional here, see
@@ -34,12 +34,11 @@ import numpy as np
 
 from ..errors import GenprompError, InputError
 from ..io import resolve_inside
-from .metrics import normalize_minmax, resize_cam
-from .wsol import WSOL_DTYPE
+from .wsol import wsol_scoremap
 
 __all__ = [
     "MaskSource", "MaskEntry", "read_mask_listing", "mask_source_from_config", "load_mask_file",
-    "load_gt_mask", "pxap_scoremap", "pxap_bin_edges", "image_histograms", "PxapAccumulator",
+    "load_gt_mask", "pxap_bin_edges", "image_histograms", "PxapAccumulator",
     "merge_pxap_states", "summary_from_pxap_state",
 ]
 
@@ -164,12 +163,6 @@ def load_gt_mask(entry, frame, image_size=None):
     return fg, ~fg & ~ignored
 
 
-def pxap_scoremap(cam, frame):
-    """CAM [H, W] → float64 [frame, frame] in [0, 1]: bicubic resize and min-max in float64
-    (constant or NaN-containing map → zeros); the float map MaxBoxAcc quantises (wsol.prepare_wsol_cam)."""
-    return normalize_minmax(resize_cam(cam, frame, cv2.INTER_CUBIC, WSOL_DTYPE), WSOL_DTYPE)
-
-
 def pxap_bin_edges(thresholds):
     """Histogram edges float64 [T + 3]: the thresholds, then 1, 2, 3.
 
@@ -214,9 +207,9 @@ class PxapAccumulator:
         self.n_images += 1
 
     def accumulate(self, cam, entry, image_size=None):
-        """Prepare ``cam`` (:func:`pxap_scoremap`), read its masks (:func:`load_gt_mask`) and count it."""
+        """Prepare ``cam`` (:func:`~.wsol.wsol_scoremap`), read its masks (:func:`load_gt_mask`) and count it."""
         positive, negative = load_gt_mask(entry, self.frame, image_size)
-        self.add_scoremap(pxap_scoremap(cam, self.frame), positive, negative)
+        self.add_scoremap(wsol_scoremap(cam, self.frame), positive, negative)
 
     def state(self):
         """``{"frame", "thresholds", "n_images", "positive", "negative"}`` with integer count lists."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import layout
 from ..errors import InputError
 from ..io import atomic_path, write_text_atomic
 from .metrics import ERROR_CATEGORIES
@@ -259,5 +260,5 @@ def register_cli(subparsers):
     p.add_argument("--ablation", nargs="*", help="summary.json of the combine-ratio sweep variants")
     p.add_argument("--baselines", nargs="*", help="summary.json of the centre / full-image baselines")
     p.add_argument("--calibration", nargs="*", help="calibration JSONs (threshold choices on held-out images)")
-    p.add_argument("--out", default="results/tables", help="output folder")
+    p.add_argument("--out", default=layout.tables_dir(), help="output folder (default: the workflow's tables folder)")
     p.set_defaults(func=_cli)

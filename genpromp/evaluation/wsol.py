@@ -11,14 +11,22 @@ import cv2
 import numpy as np
 
 from .metrics import (
-    WSOL_FALLBACK_BOX, best_iou_per_group, box_iou_matrix, integer_threshold, prepare_cam, sweep_contours, wsol_boxes,
+    WSOL_FALLBACK_BOX, best_iou, best_iou_per_group, box_iou_matrix, cam_to_uint8, integer_threshold,
+    normalize_minmax, resize_cam, sweep_contours, wsol_boxes,
 )
 
-__all__ = ["WSOL_DTYPE", "prepare_wsol_cam", "wsol_sweep_ious", "wsol_sweep_ious_reference"]
+__all__ = ["WSOL_DTYPE", "wsol_scoremap", "prepare_wsol_cam", "wsol_sweep_ious", "wsol_sweep_ious_reference"]
 
 
 #: Precision of wsolevaluation's map pipeline: maps become float64 before resizing (``t2n``).
 WSOL_DTYPE = np.float64
+
+
+def wsol_scoremap(cam, frame):
+    """CAM [H, W] → float64 [frame, frame] in [0, 1]: bicubic resize and min-max, both in float64 (a
+    constant or NaN-containing map → zeros). PxAP scores this map; MaxBoxAcc quantises it
+    (:func:`prepare_wsol_cam`)."""
+    return normalize_minmax(resize_cam(cam, frame, cv2.INTER_CUBIC, WSOL_DTYPE), WSOL_DTYPE)
 
 
 def prepare_wsol_cam(cam, frame):
@@ -31,7 +39,7 @@ def prepare_wsol_cam(cam, frame):
     leaves 1-ulp ripples on a constant map (which the min-max would stretch into a pattern) and
     moves near-constant maps and values at quantisation steps.
     """
-    return prepare_cam(cam, frame, cv2.INTER_CUBIC, WSOL_DTYPE)
+    return cam_to_uint8(wsol_scoremap(cam, frame))
 
 
 def _clip(rects, size):
@@ -50,7 +58,7 @@ def wsol_sweep_ious(u8, thresholds, gt_boxes):
     size = u8.shape[0]
     sw = sweep_contours(u8, [integer_threshold(u8, t) for t in thresholds])
     boxes = _clip(sw.rects, size)
-    empty = float(box_iou_matrix(WSOL_FALLBACK_BOX, gt_boxes).max())
+    empty = best_iou(WSOL_FALLBACK_BOX, gt_boxes)
     v2 = best_iou_per_group(boxes, sw.starts, sw.counts, gt_boxes, empty)
     has = sw.largest >= 0
     v1 = np.full(len(sw.largest), empty, dtype=np.float64)

@@ -1,1 +1,1 @@
-"""Model loading (diffusers layout), the tiny SD-topology model and its pretraining."""
+"""Model loading (diffusers layout) and diffusers pipeline folders."""

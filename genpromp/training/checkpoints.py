@@ -1,6 +1,6 @@
 """Concept-token checkpoint formats: ours (safetensors) and the original's ``tokens/{id}.bin``.
 
-Our token table (``results/<ds>/tokens/tokens.safetensors`` and each ``shard-<k>.safetensors``):
+Our token table (the merged :func:`genpromp.layout.tokens` and each :func:`genpromp.layout.token_shard`):
 
 - tensor ``embeddings``: float32 [C, D], row i is the learned input embedding of class ``class_ids[i]``;
 - tensor ``class_ids``: int64 [C], 0-based class ids, ascending;
@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .. import layout
 from ..errors import GenprompError, InputError
 from ..io import atomic_path
 
@@ -246,7 +247,7 @@ def register_cli(sub):
     p.add_argument("original_dir", help="original tokens/ folder (or one of our .safetensors tables to re-check)")
     p.add_argument("out", help="output .safetensors token table")
     p.add_argument("--classes", default=None,
-                   help="results/<dataset>/index/classes.parquet: every token must name a class in it and "
+                   help=f"{layout.index_table('<dataset>', 'classes')}: every token must name a class in it and "
                         "every class must have a token (recommended)")
     p.add_argument("--dim", type=int, default=None, help="expected embedding width (768 for SD-1.4); default: any")
     p.set_defaults(func=lambda a: convert_tokens(a.original_dir, a.out, a.classes, a.dim))

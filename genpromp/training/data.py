@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,9 +42,9 @@ STREAM_SAMPLE = 2    # per-sample augmentation and template
 STREAM_STEP = 3      # per-micro-step latent sample, noise and timesteps
 JITTER = 0.1         # the reference's ColorJitter(0.1, 0.1, 0.1, 0.1)
 
-try:  # the data helper's strict decoder (InputError on corrupt files)
+try:  # genpromp.data.images' strict decoder (InputError on corrupt files)
     from ..data.images import read_rgb as _read_rgb
-except ImportError:  # pragma: no cover - fallback while that module is absent
+except ImportError:  # pragma: no cover - PIL fallback when genpromp.data.images cannot be imported
     _read_rgb = None
 
 
@@ -142,7 +141,7 @@ def load_training_table(train_parquet, classes_parquet, image_root, class_ids=No
 
 
 def read_image(path):
-    """RGB uint8 [H, W, 3] (the data helper's strict reader when installed)."""
+    """RGB uint8 [H, W, 3] (genpromp.data.images.read_rgb, the strict reader, when importable)."""
     if _read_rgb is not None:
         return _read_rgb(path)
     try:  # pragma: no cover

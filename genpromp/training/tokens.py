@@ -69,12 +69,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import layout
 from ..data.indexing import image_root_for
 from ..errors import GenprompError
 from ..io import atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
 from ..tracking import accelerator_kwargs, log_values, show_progress, start_tracking, tracking_spec
-from .checkpoints import merge_token_tables, read_token_table, save_tokens
+from .checkpoints import merge_token_tables, save_tokens
 from .data import (STREAM_STEP, MicroStep, StepSchedule, derive_generator, draw_step_noise, latent_shape,
                    load_training_table, make_pixel_batch, make_sample, read_image, resize_image)
 from .resume import fingerprint, load_optimizer_state, optimizer_state_tensors, read_checkpoint, write_checkpoint
@@ -299,6 +300,135 @@ def _progress(total, accelerator, desc):
                 mininterval=1.0)
 
 
+class _ConcurrentTrainer:
+    """One concurrent training job: the finished rows, the active classes, the queue and the iteration count.
+
+    ``checkpoint_dir`` / ``job_fingerprint`` / ``tracking`` as in :func:`train_classes_concurrent`.
+    """
+
+    def __init__(self, models, images, settings, accelerator, checkpoint_dir, job_fingerprint, tracking):
+        self.models, self.images, self.settings, self.accelerator = models, images, settings, accelerator
+        self.checkpoint_dir, self.job_fingerprint, self.tracking = checkpoint_dir, job_fingerprint, tracking
+        self.finished, self.active, self.queue, self.iteration = {}, [], [], 0
+        self.logger = self.bar = None
+
+    def total_steps(self, cid):
+        return class_schedule(self.settings, cid, len(self.images[cid])).total_steps
+
+    def new_run(self, cid, tensors=None, cstate=None):
+        """A class's run: a fresh row and optimizer, or both restored from a checkpoint's ``tensors``."""
+        device = self.accelerator.device
+        schedule = class_schedule(self.settings, cid, len(self.images[cid]))
+        init = self.models.initial_rows[cid] if tensors is None else tensors[f"row.{cid}"]
+        row = nn.Parameter(init.clone().to(device, torch.float32))
+        opt = self.settings.make_optimizer([row])
+        run = _ClassRun(cid, schedule, row, opt)
+        start = 0
+        if cstate is not None:
+            load_optimizer_state(opt, tensors, cstate["optimizer"], prefix=f"opt.{cid}")
+            if f"grad.{cid}" in tensors:
+                row.grad = tensors[f"grad.{cid}"].to(device)
+            start, run.opt_steps = cstate["micro"], cstate["opt_steps"]
+        run.steps = schedule.micro_steps(start)
+        run.advance()
+        return run
+
+    def resume(self, order):
+        """Restore the last checkpoint (if any) and queue the classes of ``order`` still to train."""
+        ckpt = read_checkpoint(self.checkpoint_dir, self.job_fingerprint) if self.checkpoint_dir else None
+        if ckpt is not None:
+            tensors, state = ckpt
+            self.iteration = state["iteration"]
+            self.finished = {int(c): tensors[f"row.{c}"] for c in state["finished"]}
+            self.active = [self.new_run(int(c), tensors, state["classes"][str(c)]) for c in state["active"]]
+            log.info("resuming at iteration %d (%d classes finished, %d in progress)", self.iteration,
+                     len(self.finished), len(self.active))
+        running = {r.class_id for r in self.active}
+        self.queue = [c for c in order if c not in self.finished and c not in running]
+
+    def open_outputs(self, order, log_path, progress):
+        """The CSV log (truncated to the resumed iteration) and the progress bar (at the resumed step)."""
+        self.logger = _CsvLog(log_path, self.iteration) if log_path else None
+        if not progress:
+            return
+        self.bar = _progress(sum(self.total_steps(c) for c in order), self.accelerator, "train_token")
+        self.bar.update(sum(r.opt_steps for r in self.active) + sum(self.total_steps(c) for c in self.finished))
+
+    def refill(self):
+        while len(self.active) < self.settings.concurrent_classes and self.queue:
+            self.active.append(self.new_run(self.queue.pop(0)))
+
+    def save_checkpoint(self):
+        tensors = {f"row.{c}": v for c, v in self.finished.items()}
+        classes = {}
+        for run in self.active:
+            tensors[f"row.{run.class_id}"] = run.row.detach()
+            if run.row.grad is not None:
+                tensors[f"grad.{run.class_id}"] = run.row.grad.detach()
+            opt_t, opt_meta = optimizer_state_tensors(run.optimizer, prefix=f"opt.{run.class_id}")
+            tensors.update(opt_t)
+            classes[str(run.class_id)] = {"micro": run.current.index, "opt_steps": run.opt_steps,
+                                          "optimizer": opt_meta}
+        write_checkpoint(self.checkpoint_dir, tensors, {
+            "fingerprint": self.job_fingerprint, "iteration": self.iteration, "finished": sorted(self.finished),
+            "active": [r.class_id for r in self.active], "classes": classes})
+        if self.logger:
+            self.logger.flush()
+
+    def class_losses(self, embed):
+        """One batched forward of every active class's micro-step and the backward of their summed losses."""
+        models, settings = self.models, self.settings
+        embed.set_rows({models.token_ids[r.class_id]: r.row for r in self.active})
+        parts = [_step_inputs(models, settings, r.class_id, self.images[r.class_id], r.current) for r in self.active]
+        sizes = [p[0].shape[0] for p in parts]
+        per_sample = _forward_loss(models, *(torch.cat([p[i] for p in parts]) for i in range(5)),
+                                   accelerator=self.accelerator)
+        losses = [chunk.mean() for chunk in per_sample.split(sizes)]
+        self.accelerator.backward(torch.stack(losses).sum())
+        return losses
+
+    def update(self, run, loss):
+        """Step ``run``'s optimizer on its accumulation boundary, log, advance; False once the class is done."""
+        step = run.current
+        if step.sync:
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.opt_steps += 1
+            if self.bar is not None:
+                self.bar.update(1)
+        if self.logger:
+            self.logger.write(iteration=self.iteration, class_id=run.class_id, epoch=step.epoch,
+                              micro_step=step.index, opt_step=run.opt_steps, loss=f"{loss.item():.6f}",
+                              lr=self.settings.effective_lr())
+        if run.advance() is None:
+            self.finished[run.class_id] = run.row.detach().to("cpu").clone()
+            return False
+        return True
+
+    def iterate(self, embed):
+        """One iteration over the active classes, then refill and (every ``checkpoint_every`` steps) save."""
+        self.refill()
+        losses = self.class_losses(embed)
+        still = [run for run, loss in zip(self.active, losses) if self.update(run, loss)]
+        log_values(self.accelerator, self.tracking,
+                   {**{f"loss/class_{r.class_id}": loss.item() for r, loss in zip(self.active, losses)},
+                    "lr": self.settings.effective_lr()}, self.iteration)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{torch.stack(losses).mean().item():.4f}", classes=len(self.finished))
+        self.active = still
+        self.iteration += 1
+        self.refill()
+        every = self.settings.checkpoint_every * self.settings.gradient_accumulation_steps
+        if self.checkpoint_dir and self.active and self.iteration % every == 0:
+            self.save_checkpoint()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.logger:
+            self.logger.close()
+
+
 def train_classes_concurrent(models, class_ids, images, settings, accelerator, checkpoint_dir=None,
                              log_path=None, job_fingerprint=None, progress=True, tracking=None):
     """Train the concept rows of ``class_ids`` with up to ``settings.concurrent_classes`` classes per batch.
@@ -314,104 +444,14 @@ def train_classes_concurrent(models, class_ids, images, settings, accelerator, c
     if not isinstance(embed, ConceptTokenEmbedding):
         embed = ConceptTokenEmbedding(embed)
         models.text_encoder.set_input_embeddings(embed)
-    device = accelerator.device
-
-    def new_run(cid, tensors=None, cstate=None):
-        schedule = class_schedule(settings, cid, len(images[cid]))
-        init = models.initial_rows[cid] if tensors is None else tensors[f"row.{cid}"]
-        row = nn.Parameter(init.clone().to(device, torch.float32))
-        opt = settings.make_optimizer([row])
-        run = _ClassRun(cid, schedule, row, opt)
-        start = 0
-        if cstate is not None:
-            load_optimizer_state(opt, tensors, cstate["optimizer"], prefix=f"opt.{cid}")
-            if f"grad.{cid}" in tensors:
-                row.grad = tensors[f"grad.{cid}"].to(device)
-            start, run.opt_steps = cstate["micro"], cstate["opt_steps"]
-        run.steps = schedule.micro_steps(start)
-        run.advance()
-        return run
-
-    finished, active, iteration = {}, [], 0
-    ckpt = read_checkpoint(checkpoint_dir, job_fingerprint) if checkpoint_dir else None
-    if ckpt is not None:
-        tensors, state = ckpt
-        iteration = state["iteration"]
-        finished = {int(c): tensors[f"row.{c}"] for c in state["finished"]}
-        active = [new_run(int(c), tensors, state["classes"][str(c)]) for c in state["active"]]
-        log.info("resuming at iteration %d (%d classes finished, %d in progress)", iteration, len(finished),
-                 len(active))
-    queue = [c for c in order if c not in finished and c not in {r.class_id for r in active}]
-    logger = _CsvLog(log_path, iteration) if log_path else None
-    total = sum(class_schedule(settings, c, len(images[c])).total_steps for c in order)
-    bar = _progress(total, accelerator, "train_token") if progress else None
-    if bar is not None:
-        bar.update(sum(r.opt_steps for r in active) + sum(
-            class_schedule(settings, c, len(images[c])).total_steps for c in finished))
-
-    def refill():
-        while len(active) < settings.concurrent_classes and queue:
-            active.append(new_run(queue.pop(0)))
-
-    def save_checkpoint():
-        tensors = {f"row.{c}": v for c, v in finished.items()}
-        classes = {}
-        for run in active:
-            tensors[f"row.{run.class_id}"] = run.row.detach()
-            if run.row.grad is not None:
-                tensors[f"grad.{run.class_id}"] = run.row.grad.detach()
-            opt_t, opt_meta = optimizer_state_tensors(run.optimizer, prefix=f"opt.{run.class_id}")
-            tensors.update(opt_t)
-            classes[str(run.class_id)] = {"micro": run.current.index, "opt_steps": run.opt_steps,
-                                          "optimizer": opt_meta}
-        write_checkpoint(checkpoint_dir, tensors, {
-            "fingerprint": job_fingerprint, "iteration": iteration, "finished": sorted(finished),
-            "active": [r.class_id for r in active], "classes": classes})
-        if logger:
-            logger.flush()
-
-    refill()
-    every = settings.checkpoint_every * settings.gradient_accumulation_steps
-    while active:
-        refill()
-        embed.set_rows({models.token_ids[r.class_id]: r.row for r in active})
-        parts = [_step_inputs(models, settings, r.class_id, images[r.class_id], r.current) for r in active]
-        sizes = [p[0].shape[0] for p in parts]
-        per_sample = _forward_loss(models, *(torch.cat([p[i] for p in parts]) for i in range(5)),
-                                   accelerator=accelerator)
-        class_losses = [chunk.mean() for chunk in per_sample.split(sizes)]
-        accelerator.backward(torch.stack(class_losses).sum())
-        still = []
-        for run, loss in zip(active, class_losses):
-            step = run.current
-            if step.sync:
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
-                run.opt_steps += 1
-                if bar is not None:
-                    bar.update(1)
-            if logger:
-                logger.write(iteration=iteration, class_id=run.class_id, epoch=step.epoch, micro_step=step.index,
-                             opt_step=run.opt_steps, loss=f"{loss.item():.6f}", lr=settings.effective_lr())
-            if run.advance() is None:
-                finished[run.class_id] = run.row.detach().to("cpu").clone()
-            else:
-                still.append(run)
-        log_values(accelerator, tracking, {**{f"loss/class_{r.class_id}": loss.item()
-                                              for r, loss in zip(active, class_losses)},
-                                           "lr": settings.effective_lr()}, iteration)
-        if bar is not None:
-            bar.set_postfix(loss=f"{torch.stack(class_losses).mean().item():.4f}", classes=len(finished))
-        active[:] = still
-        iteration += 1
-        refill()
-        if checkpoint_dir and active and iteration % every == 0:
-            save_checkpoint()
-    if bar is not None:
-        bar.close()
-    if logger:
-        logger.close()
-    return {c: finished[c] for c in order}
+    trainer = _ConcurrentTrainer(models, images, settings, accelerator, checkpoint_dir, job_fingerprint, tracking)
+    trainer.resume(order)
+    trainer.open_outputs(order, log_path, progress)
+    trainer.refill()
+    while trainer.active:
+        trainer.iterate(embed)
+    trainer.close()
+    return {c: trainer.finished[c] for c in order}
 
 
 class _PlainDataset(torch.utils.data.Dataset):
@@ -449,6 +489,29 @@ class _EpochBatchSampler:
             yield [(item, base + b, j) for j, item in enumerate(order[b * size:(b + 1) * size])]
 
 
+def _plain_params(models, settings, token_id, class_id, decay_factor, device):
+    """The parameters of :func:`train_class_plain` and the mask of rows whose gradient is zeroed (None when
+    only the concept row is a parameter)."""
+    embed = models.text_encoder.get_input_embeddings()
+    if settings.reproduce_weight_decay_defect:
+        if isinstance(embed, ConceptTokenEmbedding):
+            embed = embed.base
+            models.text_encoder.set_input_embeddings(embed)
+        if decay_factor != 1.0:
+            with torch.no_grad():
+                embed.weight.mul_(decay_factor)
+        embed.weight.requires_grad_(True)
+        others = torch.ones(embed.weight.shape[0], dtype=torch.bool)
+        others[token_id] = False
+        return [embed.weight], others
+    if not isinstance(embed, ConceptTokenEmbedding):
+        embed = ConceptTokenEmbedding(embed)
+        models.text_encoder.set_input_embeddings(embed)
+    row = nn.Parameter(models.initial_rows[class_id].clone().to(device))
+    embed.set_rows({token_id: row})
+    return [row], None
+
+
 def train_class_plain(pretrained, class_info, image_paths, all_classes, settings, components=None,
                       decay_factor=1.0):
     """The reference's loop for one class: fresh Accelerator, optimizer and data loader (and, unless
@@ -466,25 +529,7 @@ def train_class_plain(pretrained, class_info, image_paths, all_classes, settings
     models = components or load_stage1_models(pretrained, all_classes, accelerator.device, weight_dtype)
     cid = class_info.class_id
     token_id = models.token_ids[cid]
-    embed = models.text_encoder.get_input_embeddings()
-    if settings.reproduce_weight_decay_defect:
-        if isinstance(embed, ConceptTokenEmbedding):
-            embed = embed.base
-            models.text_encoder.set_input_embeddings(embed)
-        if decay_factor != 1.0:
-            with torch.no_grad():
-                embed.weight.mul_(decay_factor)
-        embed.weight.requires_grad_(True)
-        params = [embed.weight]
-        others = torch.ones(embed.weight.shape[0], dtype=torch.bool)
-        others[token_id] = False
-    else:
-        if not isinstance(embed, ConceptTokenEmbedding):
-            embed = ConceptTokenEmbedding(embed)
-            models.text_encoder.set_input_embeddings(embed)
-        row = nn.Parameter(models.initial_rows[cid].clone().to(accelerator.device))
-        embed.set_rows({token_id: row})
-        params = [row]
+    params, others = _plain_params(models, settings, token_id, cid, decay_factor, accelerator.device)
     optimizer = settings.make_optimizer(params)
     schedule = class_schedule(settings, cid, len(image_paths))
     dataset = _PlainDataset(image_paths, settings, cid, models.caption_ids[cid])
@@ -501,7 +546,7 @@ def train_class_plain(pretrained, class_info, image_paths, all_classes, settings
                                                 models.scheduler.config.num_train_timesteps)
                 loss = _forward_loss(models, data["img"], data["caption_ids"], eps, noise, t, accelerator).mean()
                 accelerator.backward(loss)
-                if settings.reproduce_weight_decay_defect:
+                if others is not None:
                     params[0].grad[others.to(params[0].grad.device)] = 0
                 optimizer.step()
                 optimizer.zero_grad()
@@ -570,7 +615,7 @@ def train_token_shard(pretrained, train_parquet, classes_parquet, image_root, ou
 
     settings = settings or Stage1Settings()
     out_path = Path(out_path)
-    partial = out_path.with_name(out_path.stem + ".partial")
+    partial = _partial_dir(out_path)
     accelerator = Accelerator(mixed_precision=settings.mixed_precision,
                               gradient_accumulation_steps=settings.gradient_accumulation_steps,
                               **accelerator_kwargs(tracking))
@@ -628,22 +673,36 @@ def _merge_logs(paths, dest):
                     writer.writerows(csv.DictReader(fh))
 
 
-def run_train_token_job(config, dataset, shard, out, log_csv, results="results"):
-    """What the ``train_token`` rule runs: in-process, or under ``accelerate launch`` when compute.gpus > 1."""
+def _partial_dir(out):
+    """The resumable state of a shard job writing ``out``: ``<out stem>.partial/`` beside it."""
+    out = Path(out)
+    return out.with_name(out.stem + ".partial")
+
+
+def _train_shard_job(config, dataset, shard, train, classes, out, log_csv, settings=None):
+    """Train shard ``shard`` in this process from the config's settings (or ``settings``)."""
+    return train_token_shard(config["pretrained"], train, classes, image_root_for(config["datasets"][dataset]),
+                             out, shard, config["train_token"]["shards"],
+                             settings or Stage1Settings.from_config(config), log_csv,
+                             tracking=tracking_spec(config, dataset, "train_token", f"shard-{shard}"))
+
+
+def run_train_token_job(config, dataset, shard, train, classes, out, log_csv):
+    """What the ``train_token`` rule runs: in-process, or under ``accelerate launch`` when compute.gpus > 1.
+
+    ``train`` / ``classes``: the index tables (train.parquet, classes.parquet); ``out``: the shard's token
+    table; ``log_csv``: its training log. ``dataset`` names the config entry (image root, tracking run).
+    """
     gpus = int(config.get("compute", {}).get("gpus", 0))
     out = Path(out)
     if gpus > 1:
         from .resume import launch_accelerate
 
-        launch_accelerate(["train-token", "--dataset", dataset, "--shard", str(shard), "--results", str(results),
-                           "--out", str(out)], config, gpus, out.with_name(out.stem + ".partial"))
+        launch_accelerate(["train-token", "--dataset", dataset, "--shard", str(shard), "--train", str(train),
+                           "--classes", str(classes), "--out", str(out), "--log-csv", str(log_csv)],
+                          config, gpus, _partial_dir(out))
         return out
-    ds = config["datasets"][dataset]
-    index = Path(results) / dataset / "index"
-    return train_token_shard(config["pretrained"], index / "train.parquet", index / "classes.parquet",
-                             image_root_for(ds),
-                             out, shard, config["train_token"]["shards"], Stage1Settings.from_config(config),
-                             log_csv, tracking=tracking_spec(config, dataset, "train_token", f"shard-{shard}"))
+    return _train_shard_job(config, dataset, shard, train, classes, out, log_csv)
 
 
 def _run_cli(args):
@@ -651,30 +710,32 @@ def _run_cli(args):
 
     overrides = json.loads(args.config_json) if args.config_json else None
     config = load_config(args.config, overrides)
-    ds = config["datasets"][args.dataset]
+    if args.dataset not in config["datasets"]:
+        raise GenprompError(f"dataset {args.dataset!r} is not in the config's datasets ({', '.join(config['datasets'])})")
     settings = Stage1Settings.from_config(config)
     if args.concurrent_classes:
         settings = Stage1Settings(**{**asdict(settings), "concurrent_classes": args.concurrent_classes})
-    results = Path(args.results) / args.dataset
-    out = Path(args.out or results / "tokens" / f"shard-{args.shard}.safetensors")
-    train_token_shard(config["pretrained"], results / "index" / "train.parquet",
-                      results / "index" / "classes.parquet", image_root_for(ds), out, args.shard,
-                      config["train_token"]["shards"], settings, out.with_suffix(".log.csv"),
-                      tracking=tracking_spec(config, args.dataset, "train_token", f"shard-{args.shard}"))
+    out = Path(args.out or layout.token_shard(args.dataset, args.shard))
+    _train_shard_job(config, args.dataset, args.shard, args.train or layout.index_table(args.dataset, "train"),
+                     args.classes or layout.index_table(args.dataset, "classes"), out,
+                     args.log_csv or out.with_suffix(".log.csv"), settings)
 
 
 def register_cli(sub):
+    ds, k = "<dataset>", "<k>"
     p = sub.add_parser("train-token", help="stage 1: train the concept tokens of one class shard",
                        description="Train one concept-token embedding per class (docs/method.md § Stage 1) for the classes "
-                                   "of one shard and write results/<dataset>/tokens/shard-<k>.safetensors. "
+                                   f"of one shard and write {layout.token_shard(ds, k)}. "
                                    "Killed runs resume from <out>.partial/. Launch with `accelerate launch -m "
                                    "genpromp.cli train-token ...` to split the shard's classes over GPUs.")
     p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")
     p.add_argument("--config-json", default=None, help="JSON object merged over the config (like --config in Snakemake)")
     p.add_argument("--dataset", required=True, help="dataset name (a key of `datasets` in the config)")
     p.add_argument("--shard", type=int, default=0, help="class shard number k, 0 <= k < min(train_token.shards, kept classes)")
-    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
-    p.add_argument("--out", default=None, help="output token table (default: results/<ds>/tokens/shard-<k>.safetensors)")
+    p.add_argument("--train", default=None, help=f"training index (default: {layout.index_table(ds, 'train')})")
+    p.add_argument("--classes", default=None, help=f"class table (default: {layout.index_table(ds, 'classes')})")
+    p.add_argument("--out", default=None, help=f"output token table (default: {layout.token_shard(ds, k)})")
+    p.add_argument("--log-csv", default=None, help="training log (default: <out> with suffix .log.csv)")
     p.add_argument("--concurrent-classes", type=int, default=None,
                    help="classes trained together in one batched forward (default 8; memory grows linearly)")
     p.set_defaults(func=_run_cli)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .. import layout
 from ..data.indexing import image_root_for
 from ..errors import ConfigError, GenprompError, InputError
 from ..io import atomic_dir, atomic_path
@@ -207,46 +208,54 @@ def _conditioning(text_encoder, concept, meta, device):
         return 0.5 * text_encoder(concept.to(device))[0] + 0.5 * text_encoder(meta.to(device))[0]
 
 
-def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_path, out_dir, settings=None,
-               log_csv=None, progress=True, tracking=None):
-    """Finetune the UNet and write it to ``out_dir`` in diffusers layout (``config.json`` + safetensors).
+def _partial_dir(out_dir):
+    """The resumable state of a job writing ``out_dir``: ``<out_dir>.partial/`` beside it."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".partial")
 
-    ``tracking``: a :class:`~genpromp.tracking.TrackingSpec`; when on, every micro-step logs ``loss``
-    and ``lr`` at its micro-step number. The progress bar is drawn only on a terminal."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
+def _load_stage2_models(pretrained, table, tokens_path, device):
+    """SD components with the concept tokens installed, text encoder and VAE frozen, the UNet trainable in
+    fp32; plus the concept- and meta-caption ids of every class ({class_id: int64 [n_templates, L]})."""
     from ..models.loading import load_components
 
-    settings = settings or Stage2Settings()
-    n_updates = settings.trained_steps()  # refuses a final_unet the settings cannot give before any work
-    if n_updates != settings.max_train_steps:
-        log.info("final_unet %s: the written UNet is the one after update %d of %d (the reference's last save)",
-                 settings.final_unet, n_updates, settings.max_train_steps)
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision,
-                              gradient_accumulation_steps=settings.gradient_accumulation_steps,
-                              **accelerator_kwargs(tracking))
-    start_tracking(accelerator, tracking, asdict(settings))
-    table = load_training_table(train_parquet, classes_parquet, image_root)
     comps = load_components(pretrained)
     load_concept_tokens(comps.tokenizer, comps.text_encoder, table.classes, tokens_path)
-    device = accelerator.device
     for module in (comps.text_encoder, comps.vae):
         module.requires_grad_(False)
         module.eval()
         module.to(device)
-    unet = comps.unet
-    unet.requires_grad_(True)
-    unet.train()
-    unet.to(device)  # loaded in fp32; kept fp32 (autocast only for mixed precision)
+    comps.unet.requires_grad_(True)
+    comps.unet.train()
+    comps.unet.to(device)  # loaded in fp32; kept fp32 (autocast only for mixed precision)
     concept_ids = {c.class_id: tokenize(comps.tokenizer, [t.format(c.concept_token) for t in TEMPLATES])
                    for c in table.classes}
     meta_ids = {c.class_id: tokenize(comps.tokenizer, [t.format(c.meta_token) for t in TEMPLATES])
                 for c in table.classes}
-    items = sorted(((c, p) for c, paths in table.images.items() for p in paths), key=lambda x: str(x[1]))
-    world = accelerator.num_processes
+    return comps, concept_ids, meta_ids
+
+
+@dataclass
+class _Stage2Job:
+    """What one stage-2 training loop works with (``unet`` / ``optimizer`` as prepared by the accelerator)."""
+
+    accelerator: object
+    comps: object
+    unet: object
+    optimizer: torch.optim.Optimizer
+    settings: Stage2Settings
+    schedule: StepSchedule
+    job_fp: str
+    partial: Path
+    tracking: object = None
+
+    @property
+    def world(self):
+        return self.accelerator.num_processes
+
+
+def _plan_stage2(settings, unet, items, n_updates, pretrained, tokens_path, world):
+    """The step schedule over ``items``, the AdamW over the UNet and the job's fingerprint."""
     schedule = StepSchedule(len(items), settings.batch_size * world, settings.gradient_accumulation_steps,
                             None, n_updates, settings.seed, (STAGE2_KEY,))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.effective_lr(world),
@@ -255,18 +264,42 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
     job_fp = fingerprint({"settings": asdict(settings) | {"num_workers": None}, "pretrained": str(pretrained),
                           "tokens": _file_digest(tokens_path), "items": [(c, str(p)) for c, p in items],
                           "world": world})
-    state = _load_checkpoint(partial / "checkpoint", unet, optimizer, job_fp)
-    start, opt_steps = (state["micro"], state["opt_steps"]) if state else (0, 0)
-    if state:
-        log.info("resuming stage 2 at optimizer step %d", opt_steps)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    dataset = _Stage2Dataset(items, settings, concept_ids, meta_ids)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_RankBatches(schedule, accelerator.process_index, world, settings.batch_size, start),
-        num_workers=settings.num_workers)
+    return schedule, optimizer, job_fp
+
+
+def _micro_loss(job, data, micro, sync, shape):
+    """Forward and backward of one micro-batch of this process (``shape``: the latents' [C, h, w]); returns
+    its loss (mean over samples)."""
+    comps, accelerator, device = job.comps, job.accelerator, job.accelerator.device
+    gen = derive_generator(job.settings.seed, STREAM_STEP, STAGE2_KEY, micro)
+    # noise is drawn for the whole global micro-batch; each process takes its samples' slots
+    eps, noise, t = draw_step_noise(gen, job.settings.batch_size * job.world, shape,
+                                    comps.scheduler.config.num_train_timesteps)
+    slots = data["slot"].long()
+    eps, noise, t = eps[slots].to(device), noise[slots].to(device), t[slots].to(device)
+    with torch.no_grad():
+        dist = comps.vae.encode(data["img"].to(device)).latent_dist
+        latents = (dist.mean + dist.std * eps) * comps.vae.config.scaling_factor
+    noisy = comps.scheduler.add_noise(latents, noise, t)
+    cond = _conditioning(comps.text_encoder, data["concept"], data["meta"], device)
+    ctx = contextlib.nullcontext() if sync or job.world == 1 else accelerator.no_sync(job.unet)
+    with ctx:
+        with accelerator.autocast():
+            pred = job.unet(noisy, t, cond).sample
+        loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
+        accelerator.backward(loss)
+    return loss
+
+
+def _train_loop(job, loader, start, opt_steps, log_path, progress):
+    """Run the micro-steps of ``loader`` from micro-step ``start``: optimizer steps on accumulation
+    boundaries, one log row per micro-step, a checkpoint every ``save_steps`` optimizer steps."""
+    from tqdm.auto import tqdm
+
+    settings, accelerator, schedule = job.settings, job.accelerator, job.schedule
     sync_of = {s.index: (s.sync, s.epoch) for s in _micro_meta(schedule, start)}
-    shape = latent_shape(comps.vae, settings.resolution)
-    log_path = partial / f"log-rank{accelerator.process_index}.csv"
+    shape = latent_shape(job.comps.vae, settings.resolution)
+    lr = settings.effective_lr(job.world)
     writer_fh = _open_log(log_path, start)
     writer = csv.DictWriter(writer_fh, LOG_COLUMNS)
     bar = tqdm(total=schedule.total_steps, initial=opt_steps, desc="train_unet",
@@ -274,48 +307,76 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
     for data in loader:
         micro = int(data["micro"][0])
         sync, epoch = sync_of[micro]
-        gen = derive_generator(settings.seed, STREAM_STEP, STAGE2_KEY, micro)
-        # noise is drawn for the whole global micro-batch; each process takes its samples' slots
-        eps, noise, t = draw_step_noise(gen, settings.batch_size * world, shape,
-                                        comps.scheduler.config.num_train_timesteps)
-        slots = data["slot"].long()
-        eps, noise, t = eps[slots].to(device), noise[slots].to(device), t[slots].to(device)
-        with torch.no_grad():
-            dist = comps.vae.encode(data["img"].to(device)).latent_dist
-            latents = (dist.mean + dist.std * eps) * comps.vae.config.scaling_factor
-        noisy = comps.scheduler.add_noise(latents, noise, t)
-        cond = _conditioning(comps.text_encoder, data["concept"], data["meta"], device)
-        ctx = contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(unet)
-        with ctx:
-            with accelerator.autocast():
-                pred = unet(noisy, t, cond).sample
-            loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
-            accelerator.backward(loss)
+        loss = _micro_loss(job, data, micro, sync, shape)
         if sync:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            job.optimizer.step()
+            job.optimizer.zero_grad(set_to_none=True)
             opt_steps += 1
             bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        writer.writerow(dict(micro_step=micro, epoch=epoch, opt_step=opt_steps, loss=f"{loss.item():.6f}",
-                             lr=settings.effective_lr(world)))
-        log_values(accelerator, tracking, {"loss": loss.item(), "lr": settings.effective_lr(world)}, micro)
+        writer.writerow(dict(micro_step=micro, epoch=epoch, opt_step=opt_steps, loss=f"{loss.item():.6f}", lr=lr))
+        log_values(accelerator, job.tracking, {"loss": loss.item(), "lr": lr}, micro)
         if sync and opt_steps % settings.save_steps == 0 and opt_steps < schedule.total_steps:
             writer_fh.flush()
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                _save_checkpoint(partial / "checkpoint", accelerator.unwrap_model(unet), optimizer,
-                                 {"fingerprint": job_fp, "micro": micro + 1, "opt_steps": opt_steps})
+                _save_checkpoint(job.partial / "checkpoint", accelerator.unwrap_model(job.unet), job.optimizer,
+                                 {"fingerprint": job.job_fp, "micro": micro + 1, "opt_steps": opt_steps})
     bar.close()
     writer_fh.close()
+
+
+def _write_outputs(job, out_dir, log_csv, log_path):
+    """Write the trained UNet and the log (main process), then drop the job's resumable state."""
+    accelerator = job.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with atomic_dir(out_dir) as tmp:
-            accelerator.unwrap_model(unet).save_pretrained(tmp)
+            accelerator.unwrap_model(job.unet).save_pretrained(tmp)
         if log_csv:
             with atomic_path(log_csv) as tmp:
                 shutil.copyfile(log_path, tmp)
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(job.partial, ignore_errors=True)
+
+
+def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_path, out_dir, settings=None,
+               log_csv=None, progress=True, tracking=None):
+    """Finetune the UNet and write it to ``out_dir`` in diffusers layout (``config.json`` + safetensors).
+
+    ``tracking``: a :class:`~genpromp.tracking.TrackingSpec`; when on, every micro-step logs ``loss``
+    and ``lr`` at its micro-step number. The progress bar is drawn only on a terminal."""
+    from accelerate import Accelerator
+
+    settings = settings or Stage2Settings()
+    n_updates = settings.trained_steps()  # refuses a final_unet the settings cannot give before any work
+    if n_updates != settings.max_train_steps:
+        log.info("final_unet %s: the written UNet is the one after update %d of %d (the reference's last save)",
+                 settings.final_unet, n_updates, settings.max_train_steps)
+    out_dir = Path(out_dir)
+    partial = _partial_dir(out_dir)
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision,
+                              gradient_accumulation_steps=settings.gradient_accumulation_steps,
+                              **accelerator_kwargs(tracking))
+    start_tracking(accelerator, tracking, asdict(settings))
+    table = load_training_table(train_parquet, classes_parquet, image_root)
+    comps, concept_ids, meta_ids = _load_stage2_models(pretrained, table, tokens_path, accelerator.device)
+    items = sorted(((c, p) for c, paths in table.images.items() for p in paths), key=lambda x: str(x[1]))
+    world = accelerator.num_processes
+    schedule, optimizer, job_fp = _plan_stage2(settings, comps.unet, items, n_updates, pretrained, tokens_path,
+                                               world)
+    state = _load_checkpoint(partial / "checkpoint", comps.unet, optimizer, job_fp)
+    start, opt_steps = (state["micro"], state["opt_steps"]) if state else (0, 0)
+    if state:
+        log.info("resuming stage 2 at optimizer step %d", opt_steps)
+    unet, optimizer = accelerator.prepare(comps.unet, optimizer)
+    job = _Stage2Job(accelerator, comps, unet, optimizer, settings, schedule, job_fp, partial, tracking)
+    loader = torch.utils.data.DataLoader(
+        _Stage2Dataset(items, settings, concept_ids, meta_ids),
+        batch_sampler=_RankBatches(schedule, accelerator.process_index, world, settings.batch_size, start),
+        num_workers=settings.num_workers)
+    log_path = partial / f"log-rank{accelerator.process_index}.csv"
+    _train_loop(job, loader, start, opt_steps, log_path, progress)
+    _write_outputs(job, out_dir, log_csv, log_path)
     accelerator.end_training()
     return out_dir
 
@@ -357,57 +418,74 @@ def _file_digest(path):
     return str(path)
 
 
-def run_train_unet_job(config, dataset, out_dir, log_csv, tokens=None, results="results"):
-    """What the ``train_unet`` rule runs: copy ``load_unet_path``, or train (``accelerate launch`` if gpus > 1)."""
+def _copy_given_unet(given, out_dir, log_csv):
+    """``train_unet.load_unet_path``: validate that diffusers UNet folder and copy it; an empty log."""
     from ..models.loading import load_unet
 
+    load_unet(given)  # validates: a diffusers unet/ folder
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(given, tmp, dirs_exist_ok=True)
+    with atomic_path(log_csv) as tmp:
+        Path(tmp).write_text(",".join(LOG_COLUMNS) + "\n")
+    return out_dir
+
+
+def _train_job(config, dataset, train, classes, tokens, out_dir, log_csv):
+    """Train in this process with the config's settings."""
+    return train_unet(config["pretrained"], train, classes, image_root_for(config["datasets"][dataset]), tokens,
+                      out_dir, Stage2Settings.from_config(config), log_csv,
+                      tracking=tracking_spec(config, dataset, "train_unet"))
+
+
+def run_train_unet_job(config, dataset, train, classes, tokens, out_dir, log_csv):
+    """What the ``train_unet`` rule runs: copy ``load_unet_path``, or train (``accelerate launch`` if gpus > 1).
+
+    ``train`` / ``classes``: the index tables (train.parquet, classes.parquet); ``tokens``: the merged token
+    table (or an original tokens/ folder); ``out_dir``: the UNet folder; ``log_csv``: the training log.
+    ``dataset`` names the config entry (image root, tracking run).
+    """
     out_dir = Path(out_dir)
     given = config["train_unet"].get("load_unet_path")
     if given:
-        load_unet(given)  # validates: a diffusers unet/ folder
-        with atomic_dir(out_dir) as tmp:
-            shutil.copytree(given, tmp, dirs_exist_ok=True)
-        with atomic_path(log_csv) as tmp:
-            Path(tmp).write_text(",".join(LOG_COLUMNS) + "\n")
-        return out_dir
-    tokens = tokens or Path(results) / dataset / "tokens" / "tokens.safetensors"
+        return _copy_given_unet(given, out_dir, log_csv)
     gpus = int(config.get("compute", {}).get("gpus", 0))
     if gpus > 1:
         from .resume import launch_accelerate
 
-        launch_accelerate(["train-unet", "--dataset", dataset, "--results", str(results), "--tokens", str(tokens),
-                           "--out", str(out_dir)], config, gpus, out_dir.with_name(out_dir.name + ".partial"))
+        launch_accelerate(["train-unet", "--dataset", dataset, "--train", str(train), "--classes", str(classes),
+                           "--tokens", str(tokens), "--out", str(out_dir), "--log-csv", str(log_csv)],
+                          config, gpus, _partial_dir(out_dir))
         return out_dir
-    index = Path(results) / dataset / "index"
-    return train_unet(config["pretrained"], index / "train.parquet", index / "classes.parquet",
-                      image_root_for(config["datasets"][dataset]), tokens, out_dir, Stage2Settings.from_config(config),
-                      log_csv, tracking=tracking_spec(config, dataset, "train_unet"))
+    return _train_job(config, dataset, train, classes, tokens, out_dir, log_csv)
 
 
 def _run_cli(args):
     from ..config import load_config
 
     config = load_config(args.config, json.loads(args.config_json) if args.config_json else None)
-    if args.dataset not in config["datasets"]:
-        raise GenprompError(f"dataset {args.dataset!r} is not in the config's datasets")
-    results = Path(args.results) / args.dataset
-    out = Path(args.out or results / "unet")
-    train_unet(config["pretrained"], results / "index" / "train.parquet", results / "index" / "classes.parquet",
-               image_root_for(config["datasets"][args.dataset]), args.tokens or results / "tokens" / "tokens.safetensors",
-               out, Stage2Settings.from_config(config), Path(str(out) + ".log.csv"),
-               tracking=tracking_spec(config, args.dataset, "train_unet"))
+    ds = args.dataset
+    if ds not in config["datasets"]:
+        raise GenprompError(f"dataset {ds!r} is not in the config's datasets ({', '.join(config['datasets'])})")
+    out = args.out or layout.unet_dir(ds)
+    _train_job(config, ds, args.train or layout.index_table(ds, "train"),
+               args.classes or layout.index_table(ds, "classes"), args.tokens or layout.tokens(ds), Path(out),
+               args.log_csv or (layout.unet_log(ds) if args.out is None else f"{out}.log.csv"))
 
 
 def register_cli(sub):
+    ds = "<dataset>"
     p = sub.add_parser("train-unet", help="stage 2: finetune the UNet with the learned concept tokens",
                        description="Finetune the full UNet (fp32) on 0.5*f_r + 0.5*f_d conditioning (docs/method.md § Stage 2) "
-                                   "and write results/<dataset>/unet/ in diffusers layout. Killed runs resume from "
+                                   f"and write {layout.unet_dir(ds)}/ in diffusers layout. Killed runs resume from "
                                    "<out>.partial/checkpoint. Use `accelerate launch` for several GPUs.")
     p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")
     p.add_argument("--config-json", default=None, help="JSON object merged over the config")
     p.add_argument("--dataset", required=True, help="dataset name (a key of `datasets` in the config)")
-    p.add_argument("--results", default="results", help="results root (default: %(default)s)")
+    p.add_argument("--train", default=None, help=f"training index (default: {layout.index_table(ds, 'train')})")
+    p.add_argument("--classes", default=None, help=f"class table (default: {layout.index_table(ds, 'classes')})")
     p.add_argument("--tokens", default=None,
-                   help="token table or original tokens/ dir (default: results/<ds>/tokens/tokens.safetensors)")
-    p.add_argument("--out", default=None, help="output unet/ folder (default: results/<ds>/unet)")
+                   help=f"token table or original tokens/ dir (default: {layout.tokens(ds)})")
+    p.add_argument("--out", default=None, help=f"output unet/ folder (default: {layout.unet_dir(ds)})")
+    p.add_argument("--log-csv", default=None,
+                   help=f"training log (default: {layout.unet_log(ds)}, or <out>.log.csv with --out)")
     p.set_defaults(func=_run_cli)

@@ -1,20 +1,33 @@
 # Threshold calibration on held-out labelled images (config evaluation.calibration; off when null).
 #
 # The held-out images are the first evaluation.calibration.images_per_class boxed training images of each
-# class (results/{dataset}/index/heldout.parquet, a checkpoint: its size sets the CAM shard count). Their
-# CAMs are extracted in gtk mode by the same script as the test CAMs and scored by the same evaluation;
-# rule calibrate reads that held-out summary and a test summary and writes the test numbers at the
-# held-out-chosen thresholds next to the fixed and the test-chosen ones (genpromp/evaluation/calibration.py).
-# A top1/top5 test variant is calibrated on the gtk held-out CAMs of the same ratio and timesteps: both
-# protocols choose thresholds on the ground-truth-class map, which the mode does not change.
-# Included by common.smk after `measured`; needs PRETRAINED_MARKER, stage_config and the cams input
-# functions (_cam_unet_marker, cam_unet_dir). Input functions live in evaluate_inputs.smk.
+# class (the `heldout` index table, a checkpoint: its size sets the CAM shard count). Their CAMs are
+# extracted in gtk mode by the same code as the test CAMs and scored by the same evaluation; rule calibrate
+# reads that held-out summary and a test summary and writes the test numbers at the held-out-chosen
+# thresholds next to the fixed and the test-chosen ones (genpromp/evaluation/calibration.py). A top1/top5
+# test variant is calibrated on the gtk held-out CAMs of the same ratio and timesteps
+# (genpromp.layout.Variant.heldout). Uses the cams stage's UNet input functions (cams.smk).
+
+
+def heldout_cam_shard_paths(wildcards):
+    """Every shard file of a held-out CAM cache; their number follows the held-out index (a checkpoint)."""
+    index = checkpoints.heldout_index.get(dataset=wildcards.dataset).output[0]
+    n_images = pd.read_parquet(index, columns=["image_id"]).shape[0]
+    return layout.cam_shards(wildcards.dataset, wildcards.run, wildcards.variant, n_images, TEST["shard_size"],
+                             split="heldout")
+
+
+def heldout_summary_for(wildcards):
+    """The held-out summary that calibrates a test variant."""
+    variant = layout.Variant.parse(wildcards.variant).heldout()
+    return layout.summary(wildcards.dataset, wildcards.run, variant, split="heldout")
+
 
 checkpoint heldout_index:
     input:
-        train="results/{dataset}/index/train.parquet",
+        train=layout.index_table("{dataset}", "train"),
     output:
-        "results/{dataset}/index/heldout.parquet",
+        layout.index_table("{dataset}", "heldout"),
     params:
         images_per_class=lambda wc: config["evaluation"]["calibration"]["images_per_class"],
     conda:
@@ -31,17 +44,18 @@ checkpoint heldout_index:
 
 rule extract_heldout_cams:
     input:
-        index="results/{dataset}/index/heldout.parquet",
-        embeddings="results/{dataset}/{run}/embeddings.safetensors",
+        index=layout.index_table("{dataset}", "heldout"),
+        embeddings=layout.embeddings("{dataset}", "{run}"),
         pretrained=PRETRAINED_MARKER,
-        unet=_cam_unet_marker,
+        unet=cam_unet_marker,
     output:
-        "results/{dataset}/{run}/heldout/cams/{variant}/shard-{shard}.npz",
+        layout.cam_shard("{dataset}", "{run}", "{variant}", "{shard}", split="heldout"),
     wildcard_constraints:
-        variant=r"gtk_w[0-9.]+_t[0-9-]+",
+        variant=layout.GTK_VARIANT_PATTERN,
     params:
         unet=cam_unet_dir,
-        config=lambda wc: stage_config(wc.dataset, "test"),
+        root=lambda wc: image_root_for(DATASETS[wc.dataset]),
+        config=lambda wc: stage_view(config, wc.dataset, "test"),
     conda:
         "../../environment.yml"
     log:
@@ -55,14 +69,14 @@ rule extract_heldout_cams:
         gpu=1,
         gpu_mem_mb=measured("extract_cams", "gpu_mem_mb"),
     script:
-        "../scripts/extract_cams.py"
+        "../scripts/extract_heldout_cams.py"
 
 
 rule heldout_cam_index:
     input:
         heldout_cam_shard_paths,
     output:
-        "results/{dataset}/{run}/heldout/cams/{variant}/index.parquet",
+        layout.cam_index("{dataset}", "{run}", "{variant}", split="heldout"),
     conda:
         "../../environment.yml"
     log:
@@ -72,20 +86,20 @@ rule heldout_cam_index:
         mem_mb=2000,
         runtime=10,
     script:
-        "../scripts/cam_index.py"
+        "../scripts/heldout_cam_index.py"
 
 
 rule evaluate_heldout:
     input:
-        cams="results/{dataset}/{run}/heldout/cams/{variant}/index.parquet",
+        cams=layout.cam_index("{dataset}", "{run}", "{variant}", split="heldout"),
         shards=heldout_cam_shard_paths,
-        index="results/{dataset}/index/heldout.parquet",
+        index=layout.index_table("{dataset}", "heldout"),
     output:
-        per_image="results/{dataset}/{run}/heldout/eval/{variant}/per_image.parquet",
-        summary="results/{dataset}/{run}/heldout/eval/{variant}/summary.json",
+        per_image=layout.per_image("{dataset}", "{run}", "{variant}", split="heldout"),
+        summary=layout.summary("{dataset}", "{run}", "{variant}", split="heldout"),
     params:
-        evaluation=EVAL_SECTION,
-        cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
+        evaluation=EVALUATION,
+        cam_thr=cam_thr,
         meta=lambda wc: {"dataset": wc.dataset, "run": wc.run, "variant": wc.variant, "split": "heldout"},
     conda:
         "../../environment.yml"
@@ -98,15 +112,15 @@ rule evaluate_heldout:
         mem_mb=3000,
         runtime=lambda wc, threads: 10 + config["evaluation"]["shard_size"] // (100 * threads),
     script:
-        "../scripts/evaluate.py"
+        "../scripts/evaluate_heldout.py"
 
 
 rule calibrate:
     input:
-        test="results/{dataset}/{run}/eval/{variant}/summary.json",
+        test=layout.summary("{dataset}", "{run}", "{variant}"),
         heldout=heldout_summary_for,
     output:
-        "results/{dataset}/{run}/eval/{variant}/calibration.json",
+        layout.calibration("{dataset}", "{run}", "{variant}"),
     params:
         meta=lambda wc: {"dataset": wc.dataset, "run": wc.run, "variant": wc.variant},
     conda:

@@ -1,20 +1,75 @@
-# CAM extraction: run embeddings -> one extraction job per CAM cache shard -> shard index -> overlays.
-#
-# Needs from common.smk: `config`, PRETRAINED_MARKER and the data stage's `checkpoint index`
-# (output results/{dataset}/index/test.parquet). The variant wildcard is
-# genpromp.config.variant_name(mode, ratio, timesteps), e.g. top1_w0.60_t0-99; the run folder fixes the
-# tokens (runs.<run>.tokens: trained | meta | path) and the UNet (runs.<run>.unet: finetuned | pretrained | path).
-# Its input functions live in common.smk (section "cams").
+# CAM extraction: a run's class embeddings -> one extraction job per CAM cache shard -> shard index ->
+# overlays. The {variant} wildcard is a genpromp.layout.Variant name (e.g. top1_w0.60_t0-99); the run
+# fixes the tokens (runs.<run>.tokens: trained | meta | a path) and the UNet (runs.<run>.unet:
+# finetuned | pretrained | a path). The number of shards follows the test index (a checkpoint).
+import pandas as pd
+
+from genpromp.data.indexing import image_root_for
+
+
+def cam_tokens_arg(wildcards):
+    """What the embeddings get as tokens: 'meta' or a token file / folder path."""
+    tokens = config["runs"][wildcards.run]["tokens"]
+    return layout.tokens(wildcards.dataset) if tokens == "trained" else tokens
+
+
+def cam_tokens_input(wildcards):
+    tokens = cam_tokens_arg(wildcards)
+    return [] if tokens == "meta" else tokens
+
+
+def cam_unet_dir(wildcards):
+    """The run's UNet folder, or None for the pretrained model's own unet/."""
+    unet = config["runs"][wildcards.run]["unet"]
+    if unet == "finetuned":
+        return layout.unet_dir(wildcards.dataset)
+    return None if unet == "pretrained" else unet
+
+
+def cam_unet_marker(wildcards):
+    folder = cam_unet_dir(wildcards)
+    return PRETRAINED_MARKER if folder is None else f"{folder}/config.json"
+
+
+def cam_scores(wildcards):
+    """Classifier scores for a top1/top5 variant (the classes it localizes); none for gtk."""
+    if not layout.Variant.parse(wildcards.variant).needs_scores:
+        return []
+    if not DATASETS[wildcards.dataset].get("classifier"):
+        raise WorkflowError(f"variant {wildcards.variant} needs classifier scores; config key "
+                            f"datasets.{wildcards.dataset}.classifier is not set")
+    return scores_path(wildcards.dataset)
+
+
+def embeddings_scores(wildcards):
+    """The classifier scores when a main variant localizes predicted classes (top1/top5): the run's
+    embeddings then also cover the predicted classes outside keep_class."""
+    if not DATASETS[wildcards.dataset].get("classifier") or set(TEST["eval_modes"]) <= {"gtk"}:
+        return []
+    return scores_path(wildcards.dataset)
+
+
+def n_test_images(dataset):
+    """Images of the test index (a checkpoint: the call waits until it exists)."""
+    test = checkpoints.index.get(dataset=dataset).output.test
+    return pd.read_parquet(test, columns=["image_id"]).shape[0]
+
+
+def cam_shard_paths(wildcards):
+    """Every shard file of a variant's CAM cache."""
+    return layout.cam_shards(wildcards.dataset, wildcards.run, wildcards.variant,
+                             n_test_images(wildcards.dataset), TEST["shard_size"])
+
 
 rule embeddings:
     input:
         marker=PRETRAINED_MARKER,
-        classes="results/{dataset}/index/classes.parquet",
-        test_index="results/{dataset}/index/test.parquet",
-        tokens=_cam_tokens_input,
-        scores=_embeddings_scores,
+        classes=layout.index_table("{dataset}", "classes"),
+        test_index=layout.index_table("{dataset}", "test"),
+        tokens=cam_tokens_input,
+        scores=embeddings_scores,
     output:
-        "results/{dataset}/{run}/embeddings.safetensors",
+        layout.embeddings("{dataset}", "{run}"),
     params:
         pretrained=lambda wc, input: str(Path(input.marker).parent.parent),
         tokens=cam_tokens_arg,
@@ -36,16 +91,17 @@ rule embeddings:
 
 rule extract_cams:
     input:
-        index="results/{dataset}/index/test.parquet",
-        embeddings="results/{dataset}/{run}/embeddings.safetensors",
+        index=layout.index_table("{dataset}", "test"),
+        embeddings=layout.embeddings("{dataset}", "{run}"),
         pretrained=PRETRAINED_MARKER,
-        unet=_cam_unet_marker,
-        scores=_cam_scores,
+        unet=cam_unet_marker,
+        scores=cam_scores,
     output:
-        "results/{dataset}/{run}/cams/{variant}/shard-{shard}.npz",
+        layout.cam_shard("{dataset}", "{run}", "{variant}", "{shard}"),
     params:
         unet=cam_unet_dir,
-        config=lambda wc: stage_config(wc.dataset, "test"),
+        root=lambda wc: image_root_for(DATASETS[wc.dataset]),
+        config=lambda wc: stage_view(config, wc.dataset, "test"),
     conda:
         "../../environment.yml"
     log:
@@ -66,7 +122,7 @@ rule cam_index:
     input:
         cam_shard_paths,
     output:
-        "results/{dataset}/{run}/cams/{variant}/index.parquet",
+        layout.cam_index("{dataset}", "{run}", "{variant}"),
     conda:
         "../../environment.yml"
     log:
@@ -81,20 +137,20 @@ rule cam_index:
 
 rule overlays:
     input:
-        cams="results/{dataset}/{run}/cams/{variant}/index.parquet",
-        index="results/{dataset}/index/test.parquet",
+        cams=layout.cam_index("{dataset}", "{run}", "{variant}"),
+        index=layout.index_table("{dataset}", "test"),
     output:
         report(
-            directory("results/{dataset}/{run}/cams/{variant}/overlays"),
+            directory(layout.overlays("{dataset}", "{run}", "{variant}")),
             patterns=["{name}.png"],
             caption="../report/overlays.rst",
             category="Overlays",
             subcategory="{dataset} {run} {variant}",
         ),
     params:
-        root=lambda wc: image_root_for(config["datasets"][wc.dataset]),
-        cam_thr=lambda wc: config["datasets"][wc.dataset]["cam_thr"],
-        n_vis=config["test"]["n_vis"],
+        root=lambda wc: image_root_for(DATASETS[wc.dataset]),
+        cam_thr=lambda wc: DATASETS[wc.dataset]["cam_thr"],
+        n_vis=TEST["n_vis"],
         frame=config["evaluation"]["frame"],
     conda:
         "../../environment.yml"

@@ -1,15 +1,49 @@
-# Data foundation: assets, demo world, dataset indexes, demo classifier, score import.
-# Included by the top-level Snakefile (after `config` is loaded and validated).
-# Its input functions live in common.smk (section "data").
+# Data foundation: tokenizer / synset assets, dataset indexes (a checkpoint: the number of CAM shards and
+# stage-1 shards follows them) and the classifier-score import. The demo world that generates the demo
+# datasets is in demo.smk.
+from genpromp.demo.world import demo_markers
 
-# Only planned when something needs them: a run whose `pretrained` folder has its own tokenizer/
-# (and no demo) indexes with that and downloads nothing.
+ASSETS = "resources/assets"
+ASSETS_TOKENIZER = f"{ASSETS}/clip_tokenizer/vocab.json"
+ASSETS_SYNSETS = f"{ASSETS}/LOC_synset_mapping.txt"
+PRETRAINED_TOKENIZER = f"{config['pretrained']}/tokenizer"
+
+
+def _has_tokenizer(folder):
+    return all((Path(folder) / name).is_file() for name in ("vocab.json", "merges.txt"))
+
+
+# The CLIP tokenizer the index picks meta tokens with: a real SD folder's own tokenizer/ (no wheel download,
+# so an offline node can index), else the one rule `assets` builds (the demo model is built from that one,
+# so demo runs always use it).
+INDEX_TOKENIZER = (f"{PRETRAINED_TOKENIZER}/vocab.json"
+                   if not config["demo"]["enabled"] and _has_tokenizer(PRETRAINED_TOKENIZER) else ASSETS_TOKENIZER)
+
+
+def index_inputs(wildcards):
+    """The tokenizer, and the marker file of a demo-generated dataset (so the index waits for the world)."""
+    inputs = {"tokenizer": INDEX_TOKENIZER}
+    marker = demo_markers(config).get(wildcards.dataset)
+    if marker:
+        inputs["marker"] = marker
+    return inputs
+
+
+def scores_source(wildcards):
+    """The classifier's score file named in the config (JSON or CSV)."""
+    classifier = DATASETS[wildcards.dataset].get("classifier")
+    if not classifier or classifier["name"] != wildcards.classifier:
+        raise WorkflowError(f"dataset {wildcards.dataset} has no classifier named {wildcards.classifier}")
+    return classifier["path"]
+
+
+# Only planned when something needs them: a run whose `pretrained` folder has its own tokenizer/ (and no
+# demo) indexes with that and downloads nothing.
 rule assets:
     output:
-        tokenizer=DATA_TOKENIZER,
+        tokenizer=ASSETS_TOKENIZER,
     params:
         out=lambda wc, output: str(Path(output.tokenizer).parent.parent),
-        parts=["tokenizer"],
     conda:
         "../../environment.yml"
     log:
@@ -24,10 +58,9 @@ rule assets:
 
 rule assets_synsets:
     output:
-        synsets=DATA_SYNSETS,
+        synsets=ASSETS_SYNSETS,
     params:
         out=lambda wc, output: str(Path(output.synsets).parent),
-        parts=["synsets"],
     conda:
         "../../environment.yml"
     log:
@@ -37,74 +70,18 @@ rule assets_synsets:
         mem_mb=1000,
         runtime=15,
     script:
-        "../scripts/assets.py"
-
-
-if config["demo"]["enabled"]:
-
-    rule demo_world:
-        input:
-            synsets=DEMO_SYNSETS,
-        output:
-            markers=list(data_demo_markers().values()),
-            corpus=f"{config['demo']['root']}/corpus/captions.csv",
-        params:
-            # only what the generator reads, so unrelated config changes do not regenerate the data
-            config={
-                "seed": config["seed"],
-                "demo": {
-                    **{k: v for k, v in config["demo"].items() if k != "tiny_model"},
-                    "tiny_model": {"resolution": config["demo"]["tiny_model"]["resolution"]},
-                },
-                "datasets": {n: {"layout": d["layout"], "root": d["root"]} for n, d in DATASETS.items()},
-            },
-        conda:
-            "../../environment.yml"
-        log:
-            "logs/data/demo_world.log",
-        benchmark:
-            "logs/data/demo_world.bench.tsv"
-        threads: 1
-        resources:
-            mem_mb=2000,
-            runtime=30,
-        script:
-            "../scripts/demo_world.py"
-
-    rule classifier:
-        input:
-            train="results/{dataset}/index/train.parquet",
-            test="results/{dataset}/index/test.parquet",
-            classes="results/{dataset}/index/classes.parquet",
-        output:
-            f"{config['demo']['root']}/classifications/{{dataset}}_democls.json",
-        params:
-            dataset=lambda w: dataset_view(w.dataset),
-            epochs=config["demo"]["classifier_epochs"],
-            seed=config["seed"],
-        conda:
-            "../../environment.yml"
-        log:
-            "logs/data/classifier_{dataset}.log",
-        benchmark:
-            "logs/data/classifier_{dataset}.bench.tsv"
-        threads: 1
-        resources:
-            mem_mb=2000,
-            runtime=30,
-        script:
-            "../scripts/classifier.py"
+        "../scripts/assets_synsets.py"
 
 
 checkpoint index:
     input:
-        unpack(data_index_inputs),
+        unpack(index_inputs),
     output:
-        train="results/{dataset}/index/train.parquet",
-        test="results/{dataset}/index/test.parquet",
-        classes="results/{dataset}/index/classes.parquet",
+        train=layout.index_table("{dataset}", "train"),
+        test=layout.index_table("{dataset}", "test"),
+        classes=layout.index_table("{dataset}", "classes"),
     params:
-        dataset=lambda w: dataset_view(w.dataset, drop=EVAL_ONLY_DATASET_KEYS + ("classifier",)),
+        dataset=lambda w: dataset_view(config, w.dataset, drop=EVAL_ONLY_DATASET_KEYS + ("classifier",)),
         verify="test",
     conda:
         "../../environment.yml"
@@ -122,13 +99,13 @@ checkpoint index:
 
 rule import_scores:
     input:
-        scores=data_scores_source,
-        test="results/{dataset}/index/test.parquet",
-        classes="results/{dataset}/index/classes.parquet",
+        scores=scores_source,
+        test=layout.index_table("{dataset}", "test"),
+        classes=layout.index_table("{dataset}", "classes"),
     output:
-        "results/{dataset}/scores/{classifier}.parquet",
+        layout.scores("{dataset}", "{classifier}"),
     params:
-        format=lambda w: config["datasets"][w.dataset]["classifier"].get("format", "json"),
+        format=lambda w: DATASETS[w.dataset]["classifier"].get("format", "json"),
     conda:
         "../../environment.yml"
     log:

@@ -1,33 +1,46 @@
 # Paper tables and figures under results/tables/ (CSV + Markdown + PNG), marked for `snakemake --report`.
-#
-# Needs from common.smk:
-#   eval_summaries()      -> summary.json paths of the main variants
-#   ablation_summaries()  -> summary.json paths of the combine-ratio sweep
-#   EVAL_META             -> {summary path: dict(dataset, run, variant, mode, ratio)}
-# With evaluation.calibration set, the calibration.json next to each main summary (rule calibrate) too.
-# Baseline summaries are requested for every dataset that appears in EVAL_META.
-# Its input functions live in common.smk (section "tables").
+# Needs eval_summaries() and ablation_summaries() (summary paths of the main variants and the combine-ratio
+# sweep) and EVAL_META ({summary path: names}) from common.smk or a test's Snakefile. With
+# evaluation.calibration set, the calibration.json next to each main summary (rule calibrate) too.
+# Baseline summaries are requested for every dataset in EVAL_META.
+from genpromp import layout
+
+
+def baseline_summaries(wildcards=None):
+    datasets = sorted({m["dataset"] for m in EVAL_META.values()})
+    return [layout.baseline_summary(d, b) for d in datasets for b in layout.BASELINES]
+
+
+def calibration_files(wildcards=None):
+    """calibration.json of every main-variant summary when evaluation.calibration is set, else []."""
+    if not config.get("evaluation", {}).get("calibration"):
+        return []
+    return [layout.calibration(m["dataset"], m["run"], m["variant"])
+            for m in (EVAL_META[p] for p in eval_summaries())]
+
 
 rule tables:
     input:
         summaries=lambda wc: eval_summaries(),
         ablation=lambda wc: ablation_summaries(),
-        baselines=_baseline_summaries,
+        baselines=baseline_summaries,
         calibrations=calibration_files,
     output:
-        main_csv="results/tables/main.csv",
-        main_md=report("results/tables/main.md", caption="../report/main.rst", category="Tables"),
-        ratio_csv="results/tables/combine_ratio.csv",
-        ratio_md="results/tables/combine_ratio.md",
-        ratio_png=report("results/tables/combine_ratio.png", caption="../report/combine_ratio.rst", category="Figures"),
-        curve_csv="results/tables/threshold_curve.csv",
-        curve_png=report("results/tables/threshold_curve.png", caption="../report/threshold_curve.rst", category="Figures"),
-        pr_csv="results/tables/pr_curve.csv",
-        pr_png=report("results/tables/pr_curve.png", caption="../report/pr_curve.rst", category="Figures"),
-        errors_csv="results/tables/error_breakdown.csv",
-        errors_md=report("results/tables/error_breakdown.md", caption="../report/error_breakdown.rst", category="Tables"),
-        calibration_csv="results/tables/calibration.csv",
-        calibration_md=report("results/tables/calibration.md", caption="../report/calibration.rst", category="Tables"),
+        main_csv=layout.table("main.csv"),
+        main_md=report(layout.table("main.md"), caption="../report/main.rst", category="Tables"),
+        ratio_csv=layout.table("combine_ratio.csv"),
+        ratio_md=layout.table("combine_ratio.md"),
+        ratio_png=report(layout.table("combine_ratio.png"), caption="../report/combine_ratio.rst", category="Figures"),
+        curve_csv=layout.table("threshold_curve.csv"),
+        curve_png=report(layout.table("threshold_curve.png"), caption="../report/threshold_curve.rst",
+                         category="Figures"),
+        pr_csv=layout.table("pr_curve.csv"),
+        pr_png=report(layout.table("pr_curve.png"), caption="../report/pr_curve.rst", category="Figures"),
+        errors_csv=layout.table("error_breakdown.csv"),
+        errors_md=report(layout.table("error_breakdown.md"), caption="../report/error_breakdown.rst",
+                         category="Tables"),
+        calibration_csv=layout.table("calibration.csv"),
+        calibration_md=report(layout.table("calibration.md"), caption="../report/calibration.rst", category="Tables"),
     params:
         meta=EVAL_META,
     conda:

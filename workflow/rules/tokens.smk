@@ -1,24 +1,33 @@
 # Stage 1: concept tokens (docs/method.md § Stage 1). One job per contiguous shard of the kept classes
 # (min(train_token.shards, kept classes) jobs, known once the index checkpoint exists), then a merge.
-# With train_token.load_token_path set, nothing is trained: merge_tokens converts/validates that
-# file or original tokens/ folder instead. Killed train_token jobs resume from
-# results/<dataset>/tokens/shard-<k>.partial/ (not an output, so Snakemake keeps it).
+# With train_token.load_token_path set, nothing is trained: merge_tokens converts / validates that file or
+# original tokens/ folder instead. A killed train_token job resumes from <shard>.partial/ next to its output
+# (not an output, so Snakemake keeps it).
+from genpromp.training.shards import token_shard_count
 
-# TRAIN_TOKEN, GPUS, SD_SCALE and token_shards() live in common.smk (section "tokens").
+TRAIN_TOKEN = config["train_token"]
+
+
+def token_shards(wildcards):
+    """Shard token tables of a dataset: train_token.shards capped at its kept classes, which the class
+    table of the index (a checkpoint) tells."""
+    classes = checkpoints.index.get(dataset=wildcards.dataset).output.classes
+    n_shards = token_shard_count(classes, TRAIN_TOKEN["shards"])
+    return [layout.token_shard(wildcards.dataset, k) for k in range(n_shards)]
 
 
 if not TRAIN_TOKEN["load_token_path"]:
 
     rule train_token:
         input:
-            train="results/{dataset}/index/train.parquet",
-            classes="results/{dataset}/index/classes.parquet",
+            train=layout.index_table("{dataset}", "train"),
+            classes=layout.index_table("{dataset}", "classes"),
             model=PRETRAINED_MARKER,
         output:
-            tokens="results/{dataset}/tokens/shard-{shard}.safetensors",
-            log_csv="results/{dataset}/tokens/shard-{shard}.log.csv",
+            tokens=layout.token_shard("{dataset}", "{shard}"),
+            log_csv=layout.token_shard_log("{dataset}", "{shard}"),
         params:
-            config=lambda wc: stage_config(wc.dataset, "train_token"),
+            config=lambda wc: stage_view(config, wc.dataset, "train_token"),
         conda:
             "../../environment.yml"
         log:
@@ -29,7 +38,7 @@ if not TRAIN_TOKEN["load_token_path"]:
         resources:
             mem_mb=measured("train_token", "mem_mb"),
             runtime=measured("train_token", "runtime"),
-            gpu=max(GPUS, 0),
+            gpu=max(config["compute"]["gpus"], 0),
             gpu_mem_mb=measured("train_token", "gpu_mem_mb"),
         script:
             "../scripts/train_token.py"
@@ -38,9 +47,9 @@ if not TRAIN_TOKEN["load_token_path"]:
 rule merge_tokens:
     input:
         shards=[] if TRAIN_TOKEN["load_token_path"] else token_shards,
-        classes="results/{dataset}/index/classes.parquet",
+        classes=layout.index_table("{dataset}", "classes"),
     output:
-        "results/{dataset}/tokens/tokens.safetensors",
+        layout.tokens("{dataset}"),
     params:
         load_token_path=TRAIN_TOKEN["load_token_path"],
     conda:

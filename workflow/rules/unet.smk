@@ -1,21 +1,20 @@
-# Stage 2: finetune the UNet with the learned concept tokens (docs/method.md § Stage 2).
-# Output: results/<dataset>/unet/ in diffusers layout (marker config.json). A killed job resumes
-# from results/<dataset>/unet.partial/checkpoint (every train_unet.save_steps optimizer steps).
-# With train_unet.load_unet_path set, that finetuned unet/ folder is validated and copied instead.
+# Stage 2: finetune the UNet with the learned concept tokens (docs/method.md § Stage 2). Output: the
+# dataset's unet/ folder in diffusers layout (marker config.json). A killed job resumes from unet.partial/
+# next to it (a checkpoint every train_unet.save_steps optimizer steps). With train_unet.load_unet_path
+# set, that finetuned unet/ folder is validated and copied instead.
 
 
 rule train_unet:
     input:
-        train="results/{dataset}/index/train.parquet",
-        classes="results/{dataset}/index/classes.parquet",
-        tokens="results/{dataset}/tokens/tokens.safetensors",
+        train=layout.index_table("{dataset}", "train"),
+        classes=layout.index_table("{dataset}", "classes"),
+        tokens=layout.tokens("{dataset}"),
         model=PRETRAINED_MARKER,
     output:
-        marker="results/{dataset}/unet/config.json",
-        log_csv="results/{dataset}/unet.log.csv",
+        marker=layout.unet_marker("{dataset}"),
+        log_csv=layout.unet_log("{dataset}"),
     params:
-        config=lambda wc: stage_config(wc.dataset, "train_unet"),
-        load_unet_path=config["train_unet"]["load_unet_path"],
+        config=lambda wc: stage_view(config, wc.dataset, "train_unet"),
     conda:
         "../../environment.yml"
     log:

@@ -1,10 +1,7 @@
-"""Rules `assets` / `assets_synsets`: build the CLIP tokenizer folder or LOC_synset_mapping.txt
-from a PyPI wheel."""
-
-import logging
+"""Rule `assets`: build the CLIP tokenizer folder from the open-clip-torch wheel (cached in <out>/wheels)."""
 
 from genpromp.assets import build_assets
+from genpromp.logs import script_logging
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-build_assets(snakemake.params.out, parts=snakemake.params.parts)  # wheels cached in <out>/wheels
+sm = script_logging(snakemake)  # noqa: F821
+build_assets(sm.params.out, parts=["tokenizer"])

@@ -1,14 +1,11 @@
-"""Snakemake script for rule `calibrate`: test metrics at thresholds chosen on the held-out images."""
+"""Rule `calibrate`: test metrics at thresholds chosen on the held-out images."""
 
 import logging
-import sys
 
-sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
-logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+from genpromp.evaluation.calibration import run_calibrate
+from genpromp.logs import script_logging
 
-from genpromp.evaluation.calibration import run_calibrate  # noqa: E402
-
-sm = snakemake  # noqa: F821
+sm = script_logging(snakemake)  # noqa: F821
 out = run_calibrate(sm.input.heldout, sm.input.test, sm.output[0], meta=dict(sm.params.meta))
 cal = out["tscam"]["calibrated"]
 if cal is not None:

@@ -1,11 +1,9 @@
-"""Rule `import_scores`: classifier scores (original JSON / CSV) -> results/<dataset>/scores/<classifier>.parquet."""
+"""Rule `import_scores`: a classifier's scores (original JSON / CSV) -> the dataset's scores parquet."""
 
-import logging
 from pathlib import Path
 
 from genpromp.data.scores import import_scores
+from genpromp.logs import script_logging
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-import_scores(snakemake.input.scores, Path(snakemake.input.test).parent, snakemake.output[0],
-              snakemake.params.format)
+sm = script_logging(snakemake)  # noqa: F821
+import_scores(sm.input.scores, Path(sm.input.test).parent, sm.output[0], sm.params.format)

@@ -1,16 +1,10 @@
-"""Checkpoint `index`: index one dataset into results/<dataset>/index/*.parquet."""
+"""Checkpoint `index`: index one dataset into its train / test / classes tables."""
 
-import logging
 from pathlib import Path
 
 from genpromp.data.indexing import index_dataset
+from genpromp.logs import script_logging
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-index_dataset(
-    snakemake.params.dataset,
-    out_dir=Path(snakemake.output.test).parent,
-    tokenizer=Path(snakemake.input.tokenizer).parent,
-    verify=snakemake.params.verify,
-    threads=snakemake.threads,
-)
+sm = script_logging(snakemake)  # noqa: F821
+index_dataset(sm.params.dataset, out_dir=Path(sm.output.test).parent, tokenizer=Path(sm.input.tokenizer).parent,
+              verify=sm.params.verify, threads=sm.threads)

@@ -1,20 +1,9 @@
-"""Rule `train_token`: stage-1 concept tokens for one class shard (resumable)."""
+"""Rule `train_token`: stage-1 concept tokens for one class shard (resumable, so the log is appended to)."""
 
-import logging
-import sys
+from genpromp.logs import script_logging
+from genpromp.stage_params import with_tracking
+from genpromp.training.tokens import run_train_token_job
 
-from genpromp.training.stage1 import run_train_token_job
-
-sys.stderr = open(snakemake.log[0], "a")
-logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-# the stage's config view plus the tracker settings, which are kept out of its params (no rerun on a change)
-config = dict(snakemake.params.config)
-config["compute"] = {**config["compute"], **{k: snakemake.config["compute"][k] for k in ("tracker", "tracking_dir")}}
-run_train_token_job(
-    config,
-    snakemake.wildcards.dataset,
-    int(snakemake.wildcards.shard),
-    out=snakemake.output.tokens,
-    log_csv=snakemake.output.log_csv,
-)
+sm = script_logging(snakemake, append=True)  # noqa: F821
+run_train_token_job(with_tracking(sm.params.config, sm.config), sm.wildcards.dataset, int(sm.wildcards.shard),
+                    train=sm.input.train, classes=sm.input.classes, out=sm.output.tokens, log_csv=sm.output.log_csv)

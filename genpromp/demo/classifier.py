@@ -26,11 +26,12 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from .. import layout
+from ..data.images import read_rgb
 from ..errors import GenprompError
 from ..io import atomic_path
-from .images import read_rgb
 
-__all__ = ["FEATURE_SIDE", "image_features", "fit_softmax", "predict_proba", "train_demo_classifier",
+__all__ = ["FEATURE_SIDE", "image_features", "fit_softmax", "predict_proba", "train_demo_classifier", "demo_scores_path",
            "scores_key", "json_accuracy", "register_cli"]
 
 log = logging.getLogger(__name__)
@@ -162,13 +163,19 @@ def json_accuracy(scores_json, index_dir, layout):
     return float((np.array(pred) == test["label"].to_numpy()).mean())
 
 
+def demo_scores_path(demo_root, dataset):
+    """Where the demo classifier writes a dataset's test scores (the path the demo config's
+    ``datasets.<d>.classifier.path`` names)."""
+    return f"{demo_root}/classifications/{dataset}_democls.json"
+
+
 def _cli(args):
     from ..config import load_config
-    from .indexing import image_root_for
+    from ..data.indexing import image_root_for
     config = load_config(args.config)
     ds = config["datasets"][args.dataset]
-    index_dir = args.index or f"results/{args.dataset}/index"
-    out = args.out or f"{config['demo']['root']}/classifications/{args.dataset}_democls.json"
+    index_dir = args.index or layout.index_dir(args.dataset)
+    out = args.out or demo_scores_path(config["demo"]["root"], args.dataset)
     train_demo_classifier(index_dir, image_root_for(ds), ds["layout"], out,
                           args.epochs or config["demo"]["classifier_epochs"], config["seed"])
     if args.report_accuracy:

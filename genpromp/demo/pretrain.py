@@ -23,12 +23,11 @@ Two phases, deterministic for a seed:
    (:func:`attention_alignment_loss`). Boxes of the *pretraining corpus* only; GenPromp's stages never
    see boxes. See docs/demo_model.md.
 
-Afterwards :func:`attention_localization_score` measures what GenPromp needs from the model: on
-freshly rendered single-object probe images (``genpromp.data.synth.render_scene``, the demo dataset's
-distribution, non-square, resized to ``resolution``), the cross-attention map at the class word of
-"a photo of a {word}" (token index from the templates), from the same layer groups, timesteps, map size
-and TS-CAM box rule as the CAM stage, against the true box. It is reported per candidate meta word
-(the shape noun, the colour, generic words such as "shape").
+Afterwards :func:`genpromp.demo.diagnostic.attention_localization_score` measures what GenPromp needs from
+the model: on freshly rendered single-object probe images, the CAM of the class word of "a photo of a
+{word}", from the CAM stage's extraction and the TS-CAM box rule, against the true box, per candidate meta
+word (the shape noun, the colour, generic words such as "shape"). The layer groups it reads are the ones
+the attention alignment trains (``cam_groups``).
 
 Outputs: the model folder (diffusers layout, loadable by ``genpromp.models.loading.load_components``),
 a loss log CSV (``phase, step, loss, mse, kl, attn, lr, seconds``), a sample grid PNG (rows: probe-free
@@ -55,21 +54,22 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .. import layout
+from ..cams.capture import CamGroup, ExplicitAttentionProcessor, groups_from_config, select_group_layers
 from ..errors import GenprompError, InputError
 from ..io import atomic_path, resolve_inside, write_text_atomic
-from ..prompts import TEMPLATES, token_index, tokenize
+from ..prompts import TEMPLATES, tokenize
 from ..tracking import show_progress, standalone_tracker, tracking_spec
-from ..cams.capture import ExplicitAttentionProcessor
-from ..data.synth import DEFAULT_OBJECT_SIZE, DEFAULT_OUTLINE
-from .tiny import create_tiny_components, save_components
+from .diagnostic import DiagnosticSettings, attention_localization_score, render_probe_set
+from .tiny import create_tiny_components, pixels_to_unit, save_components
+from .world import COLOURS, DEFAULT_OBJECT_SIZE, DEFAULT_OUTLINE, SHAPE_PLURALS, SHAPES, TEXTURE_NOUNS, TEXTURES
 
 __all__ = [
-    "PretrainSettings", "CorpusItem", "read_corpus", "load_corpus_images", "train_vae",
-    "encode_posteriors", "scale_from_posteriors", "augment_caption", "train_denoiser",
-    "render_probe_set", "corpus_boxes", "object_words", "object_token_ids", "parse_object_kind",
-    "short_caption", "rasterise_boxes", "WordMapRecorder", "AttentionAlignProcessor", "attention_alignment",
-    "attention_alignment_loss", "attention_localization_score", "render_sample_grid", "pretrain_tiny",
-    "settings_from_config", "components_for", "register_cli",
+    "DEFAULT_CAM_GROUPS", "PretrainSettings", "CorpusItem", "read_corpus", "load_corpus_images", "train_vae",
+    "encode_posteriors", "scale_from_posteriors", "augment_caption", "train_denoiser", "corpus_boxes",
+    "object_words", "object_token_ids", "parse_object_kind", "short_caption", "rasterise_boxes", "WordMapRecorder",
+    "AttentionAlignProcessor", "attention_alignment", "attention_alignment_loss", "render_sample_grid",
+    "localization_diagnostic", "pretrain_tiny", "settings_from_config", "components_for", "register_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 LOSS_COLUMNS = ("phase", "step", "loss", "mse", "kl", "attn", "lr", "seconds")
 # Caption openings that template augmentation may replace (longest first).
 _CAPTION_OPENINGS = ("a photo of a ", "a ")
+# The layer groups of the shipped test.cam_groups: mid at latent / 8, down and up at latent / 4.
+DEFAULT_CAM_GROUPS = (CamGroup("mid", ("mid",), 8), CamGroup("down", ("down",), 4), CamGroup("up", ("up",), 4))
 
 
 @dataclass
@@ -84,6 +86,9 @@ class PretrainSettings:
     """Everything that shapes the pretrained model; ``demo.tiny_model`` in the config.
 
     resolution: square image size (latent = resolution / 8). Model widths as in ``build_tiny_model``.
+    cam_groups: the cross-attention layer groups the attention alignment trains and the diagnostic reads.
+    probe_*: the diagnostic's probe set (image size, object size and outline from ``demo.*``, so the
+    probes look like the demo datasets); diagnostic: how it reads and scores the maps.
     """
 
     resolution: int = 256
@@ -116,12 +121,10 @@ class PretrainSettings:
     holdout: int = 16
     probe_images: int = 48
     probe_image_size: tuple = (160, 256)
-    probe_object_size: tuple = DEFAULT_OBJECT_SIZE   # from demo.object_size (the probes look like the demo datasets)
-    probe_outline: float = DEFAULT_OUTLINE           # from demo.outline
-    probe_timesteps: tuple = (0, 99)
-    probe_cam_size: int = 64
-    probe_cam_thr: float = 0.23
-    probe_frame: int = 512
+    probe_object_size: tuple = DEFAULT_OBJECT_SIZE
+    probe_outline: float = DEFAULT_OUTLINE
+    cam_groups: tuple = DEFAULT_CAM_GROUPS
+    diagnostic: DiagnosticSettings = field(default_factory=DiagnosticSettings)
     sample_steps: int = 25
     guidance_scale: float = 3.0
     seed: int = 0
@@ -191,11 +194,6 @@ def corpus_boxes(items):
     return out.clamp(0.0, 1.0)
 
 
-def _to_unit(images_u8):
-    """uint8 [N, 3, H, W] → float32 in [-1, 1]."""
-    return images_u8.float().div(127.5).sub(1.0)
-
-
 # ---------------------------------------------------------------------------------------------
 # Phase 1: VAE
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +207,22 @@ def _random_crops(images_u8, batch, crop, gen):
     flips = torch.rand(batch, generator=gen) < 0.5
     out = torch.stack([images_u8[i, :, y:y + crop, x:x + crop] for i, y, x in zip(idx, ys, xs)])
     out[flips] = out[flips].flip(-1)
-    return _to_unit(out)
+    return pixels_to_unit(out)
+
+
+def _set_lr(opt, lr):
+    """Set every parameter group's learning rate to ``lr``; returns lr."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+def _optimizer_step(opt, loss, params, grad_clip):
+    """Backward, clip the gradient norm of ``params`` to ``grad_clip``, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
 
 
 def train_vae(vae, images_u8, settings, gen, log_rows, t0, tracker=None):
@@ -223,19 +236,14 @@ def train_vae(vae, images_u8, settings, gen, log_rows, t0, tracker=None):
     vae.train()
     for step in tqdm(range(1, settings.vae_steps + 1), desc="pretrain VAE", mininterval=5, disable=not show_progress()):
         x = _random_crops(images_u8, settings.vae_batch_size, crop, gen)
-        lr = settings.vae_learning_rate * _lr_factor(step, settings.warmup_steps, settings.vae_steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = _set_lr(opt, settings.vae_learning_rate * _lr_factor(step, settings.warmup_steps, settings.vae_steps))
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
         recon = vae.decode(z).sample
         mse = F.mse_loss(recon, x)
         kl = posterior.kl().mean() / z[0].numel()  # per latent element
         loss = mse + settings.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), settings.grad_clip)
-        opt.step()
+        _optimizer_step(opt, loss, vae.parameters(), settings.grad_clip)
         log_rows.append(("vae", step, loss.item(), mse.item(), kl.item(), float("nan"), lr,
                          time.perf_counter() - t0))
         if tracker is not None:
@@ -249,7 +257,7 @@ def encode_posteriors(vae, images_u8, batch=32):
     """Posterior mean and std of every image: float32 [N, 4, R/8, R/8] each (the VAE in eval mode)."""
     means, stds = [], []
     for start in range(0, len(images_u8), batch):
-        post = vae.encode(_to_unit(images_u8[start:start + batch])).latent_dist
+        post = vae.encode(pixels_to_unit(images_u8[start:start + batch])).latent_dist
         means.append(post.mean)
         stds.append(post.std)
     return torch.cat(means), torch.cat(stds)
@@ -307,8 +315,6 @@ def _sample_timesteps(batch, settings, num_train, gen):
 
 def object_words():
     """Every corpus word that names the object: colours, textures, texture nouns, shapes, plurals, "shape(s)"."""
-    from ..data.synth import COLOURS, SHAPE_PLURALS, SHAPES, TEXTURE_NOUNS, TEXTURES
-
     return (tuple(COLOURS) + TEXTURES + tuple(TEXTURE_NOUNS.values()) + SHAPES + tuple(SHAPE_PLURALS.values())
             + ("shape", "shapes"))
 
@@ -326,8 +332,6 @@ def parse_object_kind(caption):
     """(colour, texture, shape) words of a one-object corpus caption; None for a two-object caption
     ("two ...") or when no shape / colour word is present. Texture nouns ("stripes") map back to their
     adjective; a missing texture is "plain"; the generic "shape" stands in for a missing shape noun."""
-    from ..data.synth import COLOURS, SHAPES, TEXTURE_NOUNS, TEXTURES
-
     words = caption.split()
     if not words or "two" in words:
         return None
@@ -395,13 +399,10 @@ class AttentionAlignProcessor(ExplicitAttentionProcessor):
 
 
 @contextlib.contextmanager
-def attention_alignment(unet, latent_hw, groups=None):
+def attention_alignment(unet, latent_hw, groups):
     """Install :class:`AttentionAlignProcessor` on the ``attn2`` layers the CAM reads (the layers of
-    ``groups``, default mid latent/8 + down/up latent/4, found as ``capture.select_group_layers`` does);
-    restore the original processors on exit. Yields the :class:`WordMapRecorder`."""
-    from ..cams.capture import select_group_layers
-
-    groups = groups or _default_groups()
+    ``groups``, a sequence of CamGroup, found by ``capture.select_group_layers``); restore the original
+    processors on exit. Yields the :class:`WordMapRecorder`."""
     chosen = select_group_layers(unet, groups)
     recorder = WordMapRecorder(latent_hw)
     originals = [(layer.module, layer.module.processor) for layer, _ in chosen]
@@ -450,6 +451,27 @@ def _training_caption(caption, rng, settings):
     return augment_caption(caption, rng, settings)
 
 
+def _denoiser_batch(means, stds, captions, scale, settings, num_train, gen, rng):
+    """One training batch drawn from ``gen`` (and ``rng`` for the captions): (idx [B], flip bool [B],
+    scaled latents [B, 4, h, w] mirrored where ``flip``, noise, timesteps int64 [B], captions)."""
+    idx = torch.randint(0, means.shape[0], (settings.batch_size,), generator=gen)
+    flip = torch.rand(settings.batch_size, generator=gen) < 0.5
+    latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+    latents = torch.where(flip.view(-1, 1, 1, 1), latents.flip(-1), latents)  # mirror in latent space
+    noise = torch.randn(latents.shape, generator=gen)
+    t = _sample_timesteps(settings.batch_size, settings, num_train, gen)
+    texts = [_training_caption(captions[i], rng, settings) for i in idx.tolist()]
+    return idx, flip, latents, noise, t, texts
+
+
+def _alignment_term(recorder, boxes, flip, single, t, settings):
+    """Attention-alignment loss of a batch: samples with object words, one object and t < attention_loss_max_t."""
+    weights = ((recorder.token_weights.sum(1) > 0) & single & (t < settings.attention_loss_max_t)).float()
+    loss, _ = attention_alignment_loss(recorder.maps, _mirror_boxes(boxes, flip), weights,
+                                       settings.attention_loss_background_weight)
+    return loss
+
+
 def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions, scale, settings,
                    gen, log_rows, t0, boxes=None, tracker=None):
     """Jointly train UNet and text encoder for epsilon prediction; append loss rows.
@@ -457,59 +479,41 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captio
     means / stds: posteriors [N, 4, h, w]; captions: list of N strings. Half the samples are mirrored
     (in latent space). boxes: float32 [N, 4] union boxes as image fractions; with
     ``attention_loss_weight`` > 0 the loss adds that weight × :func:`attention_alignment_loss` over the
-    object words of one-object captions at timesteps < ``attention_loss_max_t``. ``tracker``: an
-    accelerate tracker that also gets ``unet/loss``, ``unet/mse``, ``unet/lr`` (and ``unet/attn``) per step.
+    object words of one-object captions at timesteps < ``attention_loss_max_t``, at the layers of
+    ``settings.cam_groups``. ``tracker``: an accelerate tracker that also gets ``unet/loss``,
+    ``unet/mse``, ``unet/lr`` (and ``unet/attn``) per step.
     """
     if settings.unet_steps == 0:
         return
-    rng = random.Random(settings.seed)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    alphas = scheduler.alphas_cumprod
-    num_train = scheduler.config.num_train_timesteps
     align = settings.attention_loss_weight > 0
     if align and boxes is None:
         raise GenprompError("attention_loss_weight > 0 needs the corpus boxes (pass boxes=)")
+    rng = random.Random(settings.seed)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     obj_ids = object_token_ids(tokenizer)
     single = torch.tensor(["two" not in c.split() for c in captions])  # one-object corpus captions
     unet.train()
     text_encoder.train()
-    n = means.shape[0]
-    ctx = attention_alignment(unet, means.shape[-2:]) if align else contextlib.nullcontext()
+    ctx = attention_alignment(unet, means.shape[-2:], settings.cam_groups) if align else contextlib.nullcontext()
     with ctx as recorder:
         for step in tqdm(range(1, settings.unet_steps + 1), desc="pretrain UNet+text", mininterval=5,
                          disable=not show_progress()):
-            idx = torch.randint(0, n, (settings.batch_size,), generator=gen)
-            flip = torch.rand(settings.batch_size, generator=gen) < 0.5
-            latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
-            latents = torch.where(flip.view(-1, 1, 1, 1), latents.flip(-1), latents)  # mirror in latent space
-            noise = torch.randn(latents.shape, generator=gen)
-            t = _sample_timesteps(settings.batch_size, settings, num_train, gen)
-            a = alphas[t].view(-1, 1, 1, 1)
+            idx, flip, latents, noise, t, texts = _denoiser_batch(
+                means, stds, captions, scale, settings, scheduler.config.num_train_timesteps, gen, rng)
+            a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-            texts = [_training_caption(captions[i], rng, settings) for i in idx.tolist()]
             ids = tokenize(tokenizer, texts)
             cond = text_encoder(ids)[0]
-            lr = settings.learning_rate * _lr_factor(step, settings.warmup_steps, settings.unet_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = _set_lr(opt, settings.learning_rate * _lr_factor(step, settings.warmup_steps, settings.unet_steps))
             if align:
                 recorder.reset()
                 recorder.token_weights = torch.isin(ids, obj_ids).float()
-            pred = unet(noisy, t, cond).sample
-            mse = F.mse_loss(pred, noise)
-            loss, attn_value = mse, float("nan")
-            if align:
-                weights = ((recorder.token_weights.sum(1) > 0) & single[idx]
-                           & (t < settings.attention_loss_max_t)).float()
-                attn_loss, _ = attention_alignment_loss(recorder.maps, _mirror_boxes(boxes[idx], flip), weights,
-                                                        settings.attention_loss_background_weight)
-                loss = mse + settings.attention_loss_weight * attn_loss
-                attn_value = attn_loss.item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            opt.step()
+            mse = F.mse_loss(unet(noisy, t, cond).sample, noise)
+            attn = _alignment_term(recorder, boxes[idx], flip, single[idx], t, settings) if align else None
+            loss = mse if attn is None else mse + settings.attention_loss_weight * attn
+            _optimizer_step(opt, loss, params, settings.grad_clip)
+            attn_value = float("nan") if attn is None else attn.item()
             log_rows.append(("unet", step, loss.item(), mse.item(), float("nan"), attn_value, lr,
                              time.perf_counter() - t0))
             if tracker is not None:
@@ -517,127 +521,6 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captio
                              **({"unet/attn": attn_value} if align else {})}, step=step)
     unet.eval()
     text_encoder.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# Localization diagnostic
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class ProbeImage:
-    """A rendered probe: uint8 [3, R, R] (resized from its original size), its kind and box in R pixels."""
-
-    image: torch.Tensor
-    colour: str
-    texture: str
-    shape: str
-    box: tuple = field(default=())
-
-
-def render_probe_set(n, resolution, image_size=(160, 256), seed=0, object_size=DEFAULT_OBJECT_SIZE,
-                     outline=DEFAULT_OUTLINE):
-    """``n`` single-object demo-style scenes (every (colour, texture, shape) kind in turn; objects
-    ``object_size`` of the shorter side), resized to ``resolution``; boxes rescaled to that square.
-    Independent of the corpus (own seed stream)."""
-    import itertools
-
-    from ..data.synth import COLOURS, SHAPES, TEXTURES, ObjectKind, render_scene
-
-    kinds = [ObjectKind(*k) for k in itertools.product(COLOURS, TEXTURES, SHAPES)]
-    order = np.random.default_rng([seed, 999]).permutation(len(kinds))
-    probes = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, 999, i])
-        kind = kinds[order[i % len(kinds)]]
-        w, h = (int(rng.integers(image_size[0], image_size[1] + 1)) for _ in range(2))
-        arr, boxes = render_scene(kind, rng, w, h, 1, object_size, outline)
-        img = np.asarray(Image.fromarray(arr).resize((resolution, resolution), Image.BICUBIC))
-        x1, y1, x2, y2 = boxes[0]
-        sx, sy = resolution / w, resolution / h
-        probes.append(ProbeImage(torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1),
-                                 kind.colour, kind.texture, kind.shape, (x1 * sx, y1 * sy, x2 * sx, y2 * sy)))
-    return probes
-
-
-def _default_groups():
-    from ..cams.capture import CamGroup
-
-    return (CamGroup("mid", ("mid",), 8), CamGroup("down", ("down",), 4), CamGroup("up", ("up",), 4))
-
-
-@torch.no_grad()
-def compute_word_cams(components, images_u8, prompts, timesteps=(0, 99), groups=None, cam_size=64,
-                      seed=0, batch=16):
-    """GenPromp CAMs of ``prompts`` (one per image; class word at the templates' token index).
-
-    components: (tokenizer, text_encoder, vae, unet, scheduler); images_u8 [N, 3, R, R].
-    Returns float32 [N, cam_size, cam_size], each max-normalised.
-    """
-    from ..cams.capture import capture_cross_attention, combine_group_maps, run_unet_capture
-
-    tokenizer, text_encoder, vae, unet, scheduler = components
-    groups = groups or _default_groups()
-    index = token_index(tokenizer)
-    scale = vae.config.scaling_factor
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, len(images_u8), batch):
-        x = _to_unit(images_u8[start:start + batch])
-        post = vae.encode(x).latent_dist
-        latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * scale
-        noise = torch.randn(latents.shape, generator=gen)
-        cond = text_encoder(tokenize(tokenizer, prompts[start:start + batch]))[0]
-        with capture_cross_attention(unet, index, groups, latents.shape[-2:], early_exit=True) as store:
-            for t in timesteps:
-                tt = torch.full((len(x),), int(t), dtype=torch.long)
-                run_unet_capture(unet, scheduler.add_noise(latents, noise, tt), tt, cond)
-            out.append(combine_group_maps(store.group_maps(), cam_size))
-    return torch.cat(out)
-
-
-def _score_cams(cams, boxes, resolution, frame, thr):
-    """TS-CAM-rule boxes of ``cams`` vs true boxes: (IoU at ``thr`` [N], best-threshold IoU [N])."""
-    import cv2
-
-    from ..evaluation.metrics import best_iou, prepare_cam, scale_boxes_tscam, tscam_box
-
-    at_thr, best = [], []
-    for cam, box in zip(cams.numpy(), boxes):
-        u8 = prepare_cam(cam, frame, cv2.INTER_LINEAR)
-        gt = scale_boxes_tscam([box], resolution, resolution, frame)
-        at_thr.append(best_iou([tscam_box(u8, thr)], gt))
-        best.append(max(best_iou([tscam_box(u8, s)], gt) for s in np.arange(0.05, 0.95, 0.05)))
-    return np.array(at_thr), np.array(best)
-
-
-def attention_localization_score(components, probes, words=("{shape}", "{colour}", "shape", "object"),
-                                 timesteps=(0, 99), cam_size=64, frame=512, thr=0.23, seed=0):
-    """How well the class word's cross-attention localizes the object, per candidate word.
-
-    For each entry of ``words`` (a format string over the probe's colour / texture / shape, e.g.
-    "{shape}", or a fixed word), prompts "a photo of a {word}" are run through the CAM recipe and
-    scored with the TS-CAM box rule. Returns ``{word: {"loc": % IoU ≥ 0.5 at thr, "loc_best_thr": %
-    with the best single threshold, "mean_iou": mean IoU at thr}}`` plus ``"center_box"`` (the same
-    rule on a centred Gaussian map) as a baseline.
-    """
-    from ..evaluation.metrics import center_gaussian_cam
-
-    images = torch.stack([p.image for p in probes])
-    resolution = images.shape[-1]
-    boxes = [p.box for p in probes]
-    report = {}
-    for word in words:
-        prompts = [TEMPLATES[0].format(word.format(colour=p.colour, texture=p.texture, shape=p.shape))
-                   for p in probes]
-        cams = compute_word_cams(components, images, prompts, timesteps, cam_size=cam_size, seed=seed)
-        at_thr, best = _score_cams(cams, boxes, resolution, frame, thr)
-        per_thr = [(_score_cams(cams, boxes, resolution, frame, s)[0] >= 0.5).mean() for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
-        report[word] = {"loc": 100.0 * float((at_thr >= 0.5).mean()), "mean_iou": float(at_thr.mean()),
-                        "loc_best_thr": 100.0 * float(max(per_thr)), "oracle_thr_loc": 100.0 * float((best >= 0.5).mean())}
-    center = torch.from_numpy(center_gaussian_cam(cam_size))[None].repeat(len(probes), 1, 1)
-    at_thr, _ = _score_cams(center, boxes, resolution, frame, thr)
-    report["center_box"] = {"loc": 100.0 * float((at_thr >= 0.5).mean()), "mean_iou": float(at_thr.mean())}
-    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,7 +552,7 @@ def render_sample_grid(components, images_u8, captions, settings, path):
     """PNG grid: row 1 held-out images, row 2 VAE reconstructions, row 3 samples from their captions."""
     _, _, vae, _, _ = components
     with torch.no_grad():
-        post = vae.encode(_to_unit(images_u8)).latent_dist
+        post = vae.encode(pixels_to_unit(images_u8)).latent_dist
         recon = ((vae.decode(post.mean).sample.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     samples = _generate(components, captions, settings.sample_steps, settings.guidance_scale, settings.seed)
     rows = [torch.cat(list(r), dim=-1) for r in (images_u8, recon, samples)]
@@ -700,6 +583,40 @@ def components_for(settings, tokenizer_dir):
         seed=settings.seed)
 
 
+def _pretrain(components, items, settings, t0, tracker):
+    """Both training phases on the corpus minus its held-out tail. Returns (loss rows, the held-out images
+    uint8 [holdout, 3, R, R], report dict of settings, scaling factor, timings and final losses)."""
+    tokenizer, text_encoder, vae, unet, scheduler = components
+    gen = torch.Generator().manual_seed(settings.seed)
+    images = load_corpus_images(items, settings.resolution)
+    train_images = images[:-settings.holdout or None]
+    captions = [it.caption for it in items[:len(train_images)]]
+    log.info("corpus: %d images (%d held out) at %d px; loaded in %.1f s", len(items), settings.holdout,
+             settings.resolution, time.perf_counter() - t0)
+    rows = []
+    train_vae(vae, train_images, settings, gen, rows, t0, tracker)
+    t_vae = time.perf_counter() - t0
+    means, stds = encode_posteriors(vae, train_images)
+    scale = scale_from_posteriors(means, stds, gen)
+    vae.register_to_config(scaling_factor=scale)
+    log.info("VAE done at %.1f s; latent std %.4f -> scaling_factor %.5f", t_vae, 1 / scale, scale)
+    boxes = corpus_boxes(items[:len(train_images)]) if settings.attention_loss_weight > 0 else None
+    train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions, scale, settings, gen, rows, t0,
+                   boxes=boxes, tracker=tracker)
+    report = {"settings": asdict(settings), "scaling_factor": scale, "seconds_vae": t_vae,
+              "seconds_train": time.perf_counter() - t0, "final_vae_loss": _tail_mean(rows, "vae"),
+              "final_unet_loss": _tail_mean(rows, "unet"), "final_unet_mse": _tail_mean(rows, "unet", 3),
+              "final_attention_loss": _tail_mean(rows, "unet", 5)}
+    return rows, images[len(images) - settings.holdout:], report
+
+
+def localization_diagnostic(components, settings):
+    """The diagnostic's report on ``settings.probe_images`` probes rendered with the run's seed + 1."""
+    probes = render_probe_set(settings.probe_images, settings.resolution, settings.probe_image_size,
+                              settings.seed + 1, settings.probe_object_size, settings.probe_outline)
+    return attention_localization_score(components, probes, settings.cam_groups, settings.diagnostic, settings.seed)
+
+
 def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png=None, diagnostic_json=None,
                   settings=None, tracking=None):
     """Build the tiny model, pretrain it on the corpus and write it to ``out_dir`` (atomically).
@@ -712,47 +629,22 @@ def pretrain_tiny(corpus_dir, tokenizer_dir, out_dir, loss_csv=None, samples_png
     settings = settings or PretrainSettings()
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
     items = read_corpus(corpus_dir)
     if len(items) <= settings.holdout:
         raise InputError(Path(corpus_dir) / "captions.csv",
                          f"{len(items)} rows; need more than demo.tiny_model.holdout = {settings.holdout}")
-    images = load_corpus_images(items, settings.resolution)
-    train_images, held_images = images[:-settings.holdout or None], images[len(images) - settings.holdout:]
-    captions = [it.caption for it in items]
     components = components_for(settings, tokenizer_dir)
-    tokenizer, text_encoder, vae, unet, scheduler = components
-    rows = []
-    log.info("corpus: %d images (%d held out) at %d px; loaded in %.1f s", len(items), settings.holdout,
-             settings.resolution, time.perf_counter() - t0)
     tracker = standalone_tracker(tracking)
-    train_vae(vae, train_images, settings, gen, rows, t0, tracker)
-    t_vae = time.perf_counter() - t0
-    means, stds = encode_posteriors(vae, train_images)
-    scale = scale_from_posteriors(means, stds, gen)
-    vae.register_to_config(scaling_factor=scale)
-    log.info("VAE done at %.1f s; latent std %.4f -> scaling_factor %.5f", t_vae, 1 / scale, scale)
-    boxes = corpus_boxes(items[:len(train_images)]) if settings.attention_loss_weight > 0 else None
-    train_denoiser(unet, text_encoder, tokenizer, scheduler, means, stds, captions[:len(train_images)], scale,
-                   settings, gen, rows, t0, boxes=boxes, tracker=tracker)
+    rows, held_images, report = _pretrain(components, items, settings, t0, tracker)
     if tracker is not None:
         tracker.finish()
-    t_unet = time.perf_counter() - t0
-    report = {"settings": asdict(settings), "scaling_factor": scale, "seconds_vae": t_vae,
-              "seconds_train": t_unet, "final_vae_loss": _tail_mean(rows, "vae"),
-              "final_unet_loss": _tail_mean(rows, "unet"), "final_unet_mse": _tail_mean(rows, "unet", 3),
-              "final_attention_loss": _tail_mean(rows, "unet", 5)}
     if settings.probe_images:
-        probes = render_probe_set(settings.probe_images, settings.resolution, settings.probe_image_size,
-                                  settings.seed + 1, settings.probe_object_size, settings.probe_outline)
-        report["localization"] = attention_localization_score(
-            components, probes, timesteps=settings.probe_timesteps, cam_size=settings.probe_cam_size,
-            frame=settings.probe_frame, thr=settings.probe_cam_thr, seed=settings.seed)
+        report["localization"] = localization_diagnostic(components, settings)
         log.info("localization: %s", json.dumps(report["localization"]))
     if samples_png:
         n = min(8, settings.holdout)
-        render_sample_grid(components, held_images[:n], captions[len(captions) - settings.holdout:][:n],
-                           settings, samples_png)
+        held_captions = [it.caption for it in items[len(items) - settings.holdout:]]
+        render_sample_grid(components, held_images[:n], held_captions[:n], settings, samples_png)
     save_components(out_dir, *components)
     report["seconds_total"] = time.perf_counter() - t0
     if loss_csv:
@@ -769,16 +661,31 @@ def _tail_mean(rows, phase, column=2, k=20):
     return float(np.mean(vals)) if vals else None
 
 
+def _diagnostic_settings(section):
+    """DiagnosticSettings from ``demo.tiny_model.diagnostic``: lists as tuples, the oracle sweep as
+    (start, stop, step)."""
+    unknown = sorted(set(section) - set(DiagnosticSettings.__dataclass_fields__))
+    if unknown:
+        raise GenprompError(f"config key demo.tiny_model.diagnostic: unknown keys {unknown}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+    if "oracle_sweep" in values:
+        values["oracle_sweep"] = tuple(float(section["oracle_sweep"][k]) for k in ("start", "stop", "step"))
+    return DiagnosticSettings(**values)
+
+
 def settings_from_config(config):
-    """PretrainSettings from a validated config (``demo.tiny_model`` + ``seed``)."""
+    """PretrainSettings from a validated config (``demo.tiny_model`` + ``seed``; the probes' image size,
+    object size and outline from ``demo``)."""
     tm = dict(config["demo"]["tiny_model"])
-    known = {f for f in PretrainSettings.__dataclass_fields__}
-    unknown = sorted(set(tm) - known)
+    unknown = sorted(set(tm) - set(PretrainSettings.__dataclass_fields__))
     if unknown:
         raise GenprompError(f"config key demo.tiny_model: unknown keys {unknown}")
-    for key in ("block_out_channels", "vae_channels", "probe_timesteps", "heads"):
+    for key in ("block_out_channels", "vae_channels", "heads"):
         if key in tm:
             tm[key] = tuple(tm[key])
+    if "cam_groups" in tm:
+        tm["cam_groups"] = groups_from_config(tm["cam_groups"])
+    tm["diagnostic"] = _diagnostic_settings(tm.get("diagnostic", {}))
     tm["probe_image_size"] = tuple(config["demo"]["image_size"])
     tm["probe_object_size"] = tuple(config["demo"]["object_size"])
     tm["probe_outline"] = float(config["demo"]["outline"])
@@ -806,9 +713,9 @@ def register_cli(sub):
     p.add_argument("--tokenizer", default="resources/assets/clip_tokenizer",
                    help="CLIPTokenizer folder (default: %(default)s)")
     p.add_argument("--out", default=None, help="model folder to write (default: the config's `pretrained`)")
-    p.add_argument("--loss-csv", default="results/demo_model/pretrain_loss.csv",
+    p.add_argument("--loss-csv", default=f"{layout.demo_model_dir()}/pretrain_loss.csv",
                    help="loss log CSV (default: %(default)s)")
-    p.add_argument("--samples", default="results/demo_model/samples.png", help="sample grid PNG (default: %(default)s)")
-    p.add_argument("--diagnostic", default="results/demo_model/diagnostic.json",
+    p.add_argument("--samples", default=f"{layout.demo_model_dir()}/samples.png", help="sample grid PNG (default: %(default)s)")
+    p.add_argument("--diagnostic", default=f"{layout.demo_model_dir()}/diagnostic.json",
                    help="timings, losses and localization scores as JSON (default: %(default)s)")
     p.set_defaults(func=_cli)

@@ -58,12 +58,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import GenprompError, InputError
-from ..io import atomic_dir, resolve_inside
+from ..io import atomic_dir
 
 __all__ = [
     "COLOURS", "TEXTURES", "SHAPES", "TEXTURE_NOUNS", "SHAPE_PLURALS", "ObjectKind", "DEMO_CLASSES",
     "demo_classes", "render_scene", "caption_for", "write_cub_dataset", "write_imagenet_dataset",
-    "write_corpus", "write_demo_world", "demo_dataset_targets", "register_cli", "MASK_LISTING",
+    "write_corpus", "write_demo_world", "demo_dataset_targets", "DATASET_MARKERS", "demo_markers", "register_cli",
+    "MASK_LISTING",
 ]
 
 log = logging.getLogger(__name__)
@@ -497,6 +498,18 @@ def demo_dataset_targets(config):
         if ds["layout"] in ("cub", "imagenet") and (demo_root == root or demo_root in root.parents):
             out[name] = (ds["layout"], ds["root"])
     return out
+
+
+# Per layout, a listing file the generator writes and the indexer reads: the rules wait for it.
+DATASET_MARKERS = {"cub": "images.txt", "imagenet": "ILSVRC2012_list/val_folder_new.txt"}
+
+
+def demo_markers(config):
+    """``{name: marker file path}`` of every dataset the demo world writes (see ``demo_dataset_targets``);
+    empty with ``demo.enabled`` false or without a ``demo`` section."""
+    if not config.get("demo", {}).get("enabled"):
+        return {}
+    return {name: f"{root}/{DATASET_MARKERS[layout]}" for name, (layout, root) in demo_dataset_targets(config).items()}
 
 
 def write_demo_world(config, synset_mapping_path, what=("datasets", "corpus")):

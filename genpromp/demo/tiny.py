@@ -9,7 +9,6 @@ loaded by exactly the code that loads ``stable-diffusion-v1-4`` (``genpromp.mode
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ import torch
 from ..errors import GenprompError
 from ..io import atomic_dir
 
-__all__ = ["create_tiny_components", "save_components", "build_tiny_model", "SD14_SCHEDULER",
+__all__ = ["create_tiny_components", "save_components", "build_tiny_model", "pixels_to_unit", "SD14_SCHEDULER",
            "SD14_SCALING_FACTOR", "SD14_BLOCK_TYPES", "register_cli"]
 
 # SD-1.4's noise schedule (docs/method.md § Models).
@@ -32,6 +31,11 @@ SD14_BLOCK_TYPES = dict(
     mid_block_type="UNetMidBlock2DCrossAttn",
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
 )
+
+
+def pixels_to_unit(images_u8):
+    """uint8 images [N, 3, H, W] → float32 in [-1, 1], the VAE's input range."""
+    return images_u8.float().div(127.5).sub(1.0)
 
 
 def _norm_groups(channels):
@@ -123,7 +127,7 @@ def _init_posterior_logvar(vae, logvar):
 def save_components(out_dir, tokenizer, text_encoder, vae, unet, scheduler):
     """Write the five components and ``model_index.json`` to ``out_dir`` in the diffusers pipeline layout
     (``StableDiffusionPipeline.from_pretrained`` loads it), atomically."""
-    from .pipeline import MODEL_INDEX_NAME, model_index
+    from ..models.pipeline import MODEL_INDEX_NAME, model_index
 
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
