@@ -13,7 +13,7 @@ from train_fixtures import stage1_settings, tiny_dataset, tiny_model  # noqa: F4
 from genpromp import tracking
 from genpromp.config import load_config
 from genpromp.errors import ConfigError
-from genpromp.training import stage1, stage2
+from genpromp.training import tokens as token_stage, unet as unet_stage
 from genpromp.training.checkpoints import save_tokens
 from genpromp.models.loading import load_components
 
@@ -96,10 +96,10 @@ def test_unet_logs_loss_and_lr(recording, tiny_model, tiny_dataset, tmp_path):  
     dim = load_components(tiny_model).text_encoder.get_input_embeddings().weight.shape[1]
     tokens = save_tokens(tmp_path / "tokens.safetensors", [0, 1, 2], [f"<cub-{i}>" for i in range(3)],
                          torch.randn(3, dim, generator=torch.Generator().manual_seed(0)) * 0.02, ["bird"] * 3)
-    s = stage2.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=2, max_train_steps=2,
+    s = unet_stage.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=2, max_train_steps=2,
                               learning_rate=1e-3, save_steps=2, seed=1)
     log_csv = tmp_path / "unet.log.csv"
-    stage2.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "unet", s, log_csv, progress=False,
+    unet_stage.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "unet", s, log_csv, progress=False,
                       tracking=_spec(tmp_path, "cub", "train_unet"))
     assert recording["kwargs"] == [{"log_with": "tensorboard", "project_dir": str(tmp_path / "cub/train_unet")}]
     name, hparams = recording["init"][0]
@@ -116,16 +116,16 @@ def test_unet_without_tracker_logs_nothing(recording, tiny_model, tiny_dataset, 
     dim = load_components(tiny_model).text_encoder.get_input_embeddings().weight.shape[1]
     tokens = save_tokens(tmp_path / "tokens.safetensors", [0, 1, 2], [f"<cub-{i}>" for i in range(3)],
                          torch.zeros(3, dim), ["bird"] * 3)
-    s = stage2.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=1, max_train_steps=1,
+    s = unet_stage.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=1, max_train_steps=1,
                               learning_rate=1e-3, save_steps=1, seed=1)
-    stage2.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "unet", s, progress=False)
+    unet_stage.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / "unet", s, progress=False)
     assert recording["kwargs"] == [{"log_with": None, "project_dir": None}]
     assert recording["init"] == [] and recording["logs"] == []
 
 
 def test_tokens_logs_each_class_loss_and_lr(recording, tiny_model, tiny_dataset, tmp_path):  # noqa: F811
     settings = stage1_settings(num_train_epochs=1, max_train_steps=2, learning_rate=2e-3)
-    out = stage1.train_token_shard(tiny_model, *tiny_dataset, tmp_path / "shard-0.safetensors", shard=0, n_shards=1,
+    out = token_stage.train_token_shard(tiny_model, *tiny_dataset, tmp_path / "shard-0.safetensors", shard=0, n_shards=1,
                                    settings=settings, log_csv=tmp_path / "log.csv", progress=False,
                                    tracking=_spec(tmp_path, "cub", "train_token", "shard-0"))
     assert out.is_file()

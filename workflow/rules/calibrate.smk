@@ -9,18 +9,11 @@
 # (genpromp.layout.Variant.heldout). Uses the cams stage's UNet input functions (cams.smk).
 
 
-def heldout_cam_shard_paths(wildcards):
-    """Every shard file of a held-out CAM cache; their number follows the held-out index (a checkpoint)."""
-    index = checkpoints.heldout_index.get(dataset=wildcards.dataset).output[0]
-    n_images = pd.read_parquet(index, columns=["image_id"]).shape[0]
-    return layout.cam_shards(wildcards.dataset, wildcards.run, wildcards.variant, n_images, TEST["shard_size"],
-                             split="heldout")
-
-
-def heldout_summary_for(wildcards):
-    """The held-out summary that calibrates a test variant."""
-    variant = layout.Variant.parse(wildcards.variant).heldout()
-    return layout.summary(wildcards.dataset, wildcards.run, variant, split="heldout")
+# Input functions (genpromp.plan). The number of held-out CAM shards follows the held-out index (a checkpoint).
+heldout_cam_shard_paths = lambda wc: plan.cam_shard_files(
+    config, wc.dataset, wc.run, wc.variant, checkpoints.heldout_index.get(dataset=wc.dataset).output[0],
+    split="heldout")
+heldout_summary_for = lambda wc: plan.heldout_summary(wc.dataset, wc.run, wc.variant)
 
 
 checkpoint heldout_index:
@@ -54,7 +47,7 @@ rule extract_heldout_cams:
         variant=layout.GTK_VARIANT_PATTERN,
     params:
         unet=cam_unet_dir,
-        root=lambda wc: image_root_for(DATASETS[wc.dataset]),
+        root=image_root,
         config=lambda wc: stage_view(config, wc.dataset, "test"),
     conda:
         "../../environment.yml"

@@ -2,63 +2,18 @@
 # overlays. The {variant} wildcard is a genpromp.layout.Variant name (e.g. top1_w0.60_t0-99); the run
 # fixes the tokens (runs.<run>.tokens: trained | meta | a path) and the UNet (runs.<run>.unet:
 # finetuned | pretrained | a path). The number of shards follows the test index (a checkpoint).
-import pandas as pd
-
 from genpromp.data.indexing import image_root_for
 
-
-def cam_tokens_arg(wildcards):
-    """What the embeddings get as tokens: 'meta' or a token file / folder path."""
-    tokens = config["runs"][wildcards.run]["tokens"]
-    return layout.tokens(wildcards.dataset) if tokens == "trained" else tokens
-
-
-def cam_tokens_input(wildcards):
-    tokens = cam_tokens_arg(wildcards)
-    return [] if tokens == "meta" else tokens
-
-
-def cam_unet_dir(wildcards):
-    """The run's UNet folder, or None for the pretrained model's own unet/."""
-    unet = config["runs"][wildcards.run]["unet"]
-    if unet == "finetuned":
-        return layout.unet_dir(wildcards.dataset)
-    return None if unet == "pretrained" else unet
-
-
-def cam_unet_marker(wildcards):
-    folder = cam_unet_dir(wildcards)
-    return PRETRAINED_MARKER if folder is None else f"{folder}/config.json"
-
-
-def cam_scores(wildcards):
-    """Classifier scores for a top1/top5 variant (the classes it localizes); none for gtk."""
-    if not layout.Variant.parse(wildcards.variant).needs_scores:
-        return []
-    if not DATASETS[wildcards.dataset].get("classifier"):
-        raise WorkflowError(f"variant {wildcards.variant} needs classifier scores; config key "
-                            f"datasets.{wildcards.dataset}.classifier is not set")
-    return scores_path(wildcards.dataset)
-
-
-def embeddings_scores(wildcards):
-    """The classifier scores when a main variant localizes predicted classes (top1/top5): the run's
-    embeddings then also cover the predicted classes outside keep_class."""
-    if not DATASETS[wildcards.dataset].get("classifier") or set(TEST["eval_modes"]) <= {"gtk"}:
-        return []
-    return scores_path(wildcards.dataset)
-
-
-def n_test_images(dataset):
-    """Images of the test index (a checkpoint: the call waits until it exists)."""
-    test = checkpoints.index.get(dataset=dataset).output.test
-    return pd.read_parquet(test, columns=["image_id"]).shape[0]
-
-
-def cam_shard_paths(wildcards):
-    """Every shard file of a variant's CAM cache."""
-    return layout.cam_shards(wildcards.dataset, wildcards.run, wildcards.variant,
-                             n_test_images(wildcards.dataset), TEST["shard_size"])
+# Input functions (genpromp.plan). The number of CAM shards follows the test index (a checkpoint).
+cam_tokens_arg = lambda wc: plan.run_tokens(config, wc.dataset, wc.run)
+cam_tokens_input = lambda wc: plan.run_tokens_input(config, wc.dataset, wc.run)
+cam_unet_dir = lambda wc: plan.run_unet_dir(config, wc.dataset, wc.run)
+cam_unet_marker = lambda wc: plan.run_unet_marker(config, wc.dataset, wc.run)
+cam_scores = lambda wc: plan.variant_scores(config, wc.dataset, wc.variant)
+embeddings_scores = lambda wc: plan.embeddings_scores(config, wc.dataset)
+image_root = lambda wc: image_root_for(config["datasets"][wc.dataset])
+cam_shard_paths = lambda wc: plan.cam_shard_files(config, wc.dataset, wc.run, wc.variant,
+                                                  checkpoints.index.get(dataset=wc.dataset).output.test)
 
 
 rule embeddings:
@@ -100,7 +55,7 @@ rule extract_cams:
         layout.cam_shard("{dataset}", "{run}", "{variant}", "{shard}"),
     params:
         unet=cam_unet_dir,
-        root=lambda wc: image_root_for(DATASETS[wc.dataset]),
+        root=image_root,
         config=lambda wc: stage_view(config, wc.dataset, "test"),
     conda:
         "../../environment.yml"
@@ -148,7 +103,7 @@ rule overlays:
             subcategory="{dataset} {run} {variant}",
         ),
     params:
-        root=lambda wc: image_root_for(DATASETS[wc.dataset]),
+        root=image_root,
         cam_thr=lambda wc: DATASETS[wc.dataset]["cam_thr"],
         n_vis=TEST["n_vis"],
         frame=config["evaluation"]["frame"],

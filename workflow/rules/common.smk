@@ -1,11 +1,11 @@
-# Workflow glue shared by every rule file: config validation, wildcard constraints, the config-derived
-# names, and the target list. Paths and variant names come from genpromp.layout; each rule file holds its
-# own input functions; the logic lives in the genpromp package.
+# Workflow glue shared by all stages: config validation, wildcard constraints, the config-derived names
+# and the target list. Paths and variant names come from genpromp.layout; each stage's file binds its own
+# input functions (genpromp.plan) at its top; the logic lives in the genpromp package.
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from genpromp import layout
+from genpromp import layout, plan
 from genpromp.config import validate_config
 from genpromp.errors import ConfigError
 from genpromp.resources import job_resources
@@ -33,7 +33,7 @@ MAIN_RUN = RUNS[0]
 TEST = config["test"]
 MAIN_VARIANTS = [layout.Variant(m, TEST["combine_ratio"], TEST["timesteps"]) for m in TEST["eval_modes"]]
 ABLATION_VARIANTS = [layout.Variant("gtk", w, TEST["timesteps"]) for w in TEST["combine_ratios"]]
-PRETRAINED_MARKER = f"{config['pretrained']}/unet/config.json"
+PRETRAINED_MARKER = plan.pretrained_marker(config)
 EVALUATION = evaluation_view(config)
 
 for _name in METHOD_DATASETS:
@@ -50,18 +50,13 @@ def measured(rule, key):
     return lambda wildcards: job_resources(rule, config, getattr(wildcards, "dataset", None))[key]
 
 
-def scores_path(dataset):
-    """The dataset's imported classifier scores."""
-    return layout.scores(dataset, DATASETS[dataset]["classifier"]["name"])
-
-
 # ---------------------------------------------------------------- targets
 def index_targets():
     out = []
     for name, ds in DATASETS.items():
         out += [layout.index_table(name, split) for split in ("train", "test", "classes")]
         if ds.get("classifier"):
-            out.append(scores_path(name))
+            out.append(plan.classifier_scores(config, name))
     return out
 
 

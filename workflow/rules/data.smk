@@ -3,38 +3,12 @@
 # datasets is in demo.smk.
 from genpromp.demo.world import demo_markers
 
-ASSETS = "resources/assets"
-ASSETS_TOKENIZER = f"{ASSETS}/clip_tokenizer/vocab.json"
-ASSETS_SYNSETS = f"{ASSETS}/LOC_synset_mapping.txt"
-PRETRAINED_TOKENIZER = f"{config['pretrained']}/tokenizer"
-
-
-def _has_tokenizer(folder):
-    return all((Path(folder) / name).is_file() for name in ("vocab.json", "merges.txt"))
-
-
-# The CLIP tokenizer the index picks meta tokens with: a real SD folder's own tokenizer/ (no wheel download,
-# so an offline node can index), else the one rule `assets` builds (the demo model is built from that one,
-# so demo runs always use it).
-INDEX_TOKENIZER = (f"{PRETRAINED_TOKENIZER}/vocab.json"
-                   if not config["demo"]["enabled"] and _has_tokenizer(PRETRAINED_TOKENIZER) else ASSETS_TOKENIZER)
-
-
-def index_inputs(wildcards):
-    """The tokenizer, and the marker file of a demo-generated dataset (so the index waits for the world)."""
-    inputs = {"tokenizer": INDEX_TOKENIZER}
-    marker = demo_markers(config).get(wildcards.dataset)
-    if marker:
-        inputs["marker"] = marker
-    return inputs
-
-
-def scores_source(wildcards):
-    """The classifier's score file named in the config (JSON or CSV)."""
-    classifier = DATASETS[wildcards.dataset].get("classifier")
-    if not classifier or classifier["name"] != wildcards.classifier:
-        raise WorkflowError(f"dataset {wildcards.dataset} has no classifier named {wildcards.classifier}")
-    return classifier["path"]
+ASSETS_TOKENIZER = plan.ASSETS_TOKENIZER
+ASSETS_SYNSETS = plan.ASSETS_SYNSETS
+# Input functions (genpromp.plan). The index waits for a demo-generated dataset's marker file.
+index_inputs = lambda wc: {"tokenizer": plan.index_tokenizer(config)} | (
+    {"marker": demo_markers(config)[wc.dataset]} if wc.dataset in demo_markers(config) else {})
+scores_source = lambda wc: plan.scores_source(config, wc.dataset, wc.classifier)
 
 
 # Only planned when something needs them: a run whose `pretrained` folder has its own tokenizer/ (and no

@@ -3,78 +3,25 @@
 # test.shard_size; their number follows the test index (a checkpoint). With datasets.<d>.masks set, the
 # parts and the baselines also count PxAP (the merged summary's "pxap"). gtk variants need no scores.
 # Self-contained apart from `config` and the `index` checkpoint, so a test can include it on its own.
-import pandas as pd
-
-from genpromp import layout
+from genpromp import layout, plan
 from genpromp.demo.world import demo_markers
-from genpromp.evaluation.evaluate import eval_part_shards
 from genpromp.stage_params import evaluation_view
 
-
-def eval_scores(wildcards):
-    """The dataset's classifier scores, for top1/top5 variants (none for gtk or without a classifier)."""
-    classifier = config["datasets"][wildcards.dataset].get("classifier")
-    if not classifier or not layout.Variant.parse(wildcards.variant).needs_scores:
-        return []
-    return layout.scores(wildcards.dataset, classifier["name"])
-
-
-def baseline_scores(wildcards):
-    classifier = config["datasets"][wildcards.dataset].get("classifier")
-    return layout.scores(wildcards.dataset, classifier["name"]) if classifier else []
-
-
-def eval_masks(wildcards):
-    """The dataset's mask listing (datasets.<d>.masks.listing), [] without masks. A demo dataset's masks are
-    written with the dataset, so its marker file stands in for the listing (which does not exist before the
-    demo world has run)."""
-    masks = config["datasets"][wildcards.dataset].get("masks")
-    if not masks:
-        return []
-    return demo_markers(config).get(wildcards.dataset) or masks["listing"]
-
-
-def eval_masks_param(wildcards):
-    return config["datasets"][wildcards.dataset].get("masks")
-
-
-def eval_parts(wildcards):
-    """CAM shard numbers of each evaluation part of the dataset (a list of lists)."""
-    test = checkpoints.index.get(dataset=wildcards.dataset).output.test
-    n_images = pd.read_parquet(test, columns=["image_id"]).shape[0]
-    return eval_part_shards(n_images, config["test"]["shard_size"], config["evaluation"]["shard_size"])
-
-
-def part_cam_shards(wildcards):
-    parts = eval_parts(wildcards)
-    p = int(wildcards.part)
-    if p >= len(parts):
-        raise WorkflowError(f"evaluation part {p} does not exist for {wildcards.dataset} ({len(parts)} parts)")
-    return parts[p]
-
-
-def part_cam_files(wildcards):
-    return [layout.cam_shard(wildcards.dataset, wildcards.run, wildcards.variant, k)
-            for k in part_cam_shards(wildcards)]
-
-
-def eval_part_files(ext):
-    def files(wildcards):
-        return [layout.eval_part(wildcards.dataset, wildcards.run, wildcards.variant, p, ext)
-                for p in range(len(eval_parts(wildcards)))]
-    return files
-
-
-def eval_meta(wildcards):
-    """What the merged summary records about itself."""
-    variant = layout.Variant.parse(wildcards.variant)
-    return {"dataset": wildcards.dataset, "run": wildcards.run, "variant": wildcards.variant, "mode": variant.mode,
-            "ratio": variant.ratio, "cams": layout.cam_dir(wildcards.dataset, wildcards.run, wildcards.variant),
-            "scores": eval_scores(wildcards) or None}
-
-
-def cam_thr(wildcards):
-    return config["datasets"][wildcards.dataset]["cam_thr"]
+# Input functions (genpromp.plan). The parts follow the test index (a checkpoint). A demo dataset's masks
+# are written with the dataset, so its marker file stands in for the mask listing (which does not exist
+# before the demo world has run).
+eval_test_table = lambda wc: checkpoints.index.get(dataset=wc.dataset).output.test
+eval_scores = lambda wc: plan.variant_scores(config, wc.dataset, wc.variant)
+baseline_scores = lambda wc: plan.classifier_scores(config, wc.dataset)
+eval_masks_param = lambda wc: config["datasets"][wc.dataset].get("masks")
+eval_masks = lambda wc: (demo_markers(config).get(wc.dataset) or eval_masks_param(wc)["listing"]
+                         if eval_masks_param(wc) else [])
+part_cam_shards = lambda wc: plan.part_shards(config, wc.dataset, wc.part, eval_test_table(wc))
+part_cam_files = lambda wc: plan.part_cam_files(config, wc.dataset, wc.run, wc.variant, wc.part, eval_test_table(wc))
+eval_part_files = lambda ext: lambda wc: plan.eval_part_files(config, wc.dataset, wc.run, wc.variant, ext,
+                                                              eval_test_table(wc))
+eval_meta = lambda wc: plan.eval_meta(config, wc.dataset, wc.run, wc.variant)
+cam_thr = lambda wc: config["datasets"][wc.dataset]["cam_thr"]
 
 
 rule evaluate_shard:

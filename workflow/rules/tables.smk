@@ -3,20 +3,11 @@
 # sweep) and EVAL_META ({summary path: names}) from common.smk or a test's Snakefile. With
 # evaluation.calibration set, the calibration.json next to each main summary (rule calibrate) too.
 # Baseline summaries are requested for every dataset in EVAL_META.
-from genpromp import layout
+from genpromp import layout, plan
 
-
-def baseline_summaries(wildcards=None):
-    datasets = sorted({m["dataset"] for m in EVAL_META.values()})
-    return [layout.baseline_summary(d, b) for d in datasets for b in layout.BASELINES]
-
-
-def calibration_files(wildcards=None):
-    """calibration.json of every main-variant summary when evaluation.calibration is set, else []."""
-    if not config.get("evaluation", {}).get("calibration"):
-        return []
-    return [layout.calibration(m["dataset"], m["run"], m["variant"])
-            for m in (EVAL_META[p] for p in eval_summaries())]
+# Input functions (genpromp.plan).
+baseline_summaries = lambda wc: plan.baseline_summaries(EVAL_META)
+calibration_files = lambda wc: plan.calibration_files(config, EVAL_META, eval_summaries())
 
 
 rule tables:

@@ -3,17 +3,10 @@
 # With train_token.load_token_path set, nothing is trained: merge_tokens converts / validates that file or
 # original tokens/ folder instead. A killed train_token job resumes from <shard>.partial/ next to its output
 # (not an output, so Snakemake keeps it).
-from genpromp.training.shards import token_shard_count
-
 TRAIN_TOKEN = config["train_token"]
-
-
-def token_shards(wildcards):
-    """Shard token tables of a dataset: train_token.shards capped at its kept classes, which the class
-    table of the index (a checkpoint) tells."""
-    classes = checkpoints.index.get(dataset=wildcards.dataset).output.classes
-    n_shards = token_shard_count(classes, TRAIN_TOKEN["shards"])
-    return [layout.token_shard(wildcards.dataset, k) for k in range(n_shards)]
+# Input function (genpromp.plan): the shard count follows the class table of the index (a checkpoint).
+token_shards = lambda wc: plan.token_shards(config, wc.dataset,
+                                            checkpoints.index.get(dataset=wc.dataset).output.classes)
 
 
 if not TRAIN_TOKEN["load_token_path"]:

@@ -5,8 +5,8 @@ Accelerator, optimizer and data loader (images decoded and resized every step), 
 Ours: load once, cache resized images, train ``--concurrent`` classes per batched forward.
 Both produce the same tokens (tests/test_tokens.py); this prints wall time and the ratio.
 
-    .venv/bin/python benchmarks/bench_stage1.py --classes 8            # tiny model, CPU
-    .venv/bin/python benchmarks/bench_stage1.py --sd14 --classes 8     # SD-1.4 architecture, random weights, GPU
+    .venv/bin/python benchmarks/bench_tokens.py --classes 8            # tiny model, CPU
+    .venv/bin/python benchmarks/bench_tokens.py --sd14 --classes 8     # SD-1.4 architecture, random weights, GPU
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from train_fixtures import make_dataset  # noqa: E402
 
 from genpromp.demo.tiny import build_tiny_model  # noqa: E402
-from genpromp.training import stage1  # noqa: E402
+from genpromp.training import tokens as token_stage  # noqa: E402
 from genpromp.training.data import load_training_table  # noqa: E402
 
 
@@ -54,26 +54,26 @@ def main(argv=None):
         model = build_model(tmp / "model", args.sd14)
         res = 512 if args.sd14 else 64
         train, classes, root = make_dataset(tmp / "data", args.classes, (args.images,))
-        settings = stage1.Stage1Settings(resolution=res, batch_size=args.batch_size, num_train_epochs=args.epochs,
+        settings = token_stage.Stage1Settings(resolution=res, batch_size=args.batch_size, num_train_epochs=args.epochs,
                                          learning_rate=1e-3, scale_lr=False, seed=0,
                                          concurrent_classes=args.concurrent, checkpoint_every=10**9)
         table = load_training_table(train, classes, root)
         sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
         sync()
         t0 = time.perf_counter()
-        base = {c.class_id: stage1.train_class_plain(model, c, table.images[c.class_id], table.classes, settings)
+        base = {c.class_id: token_stage.train_class_plain(model, c, table.images[c.class_id], table.classes, settings)
                 for c in table.classes}
         sync()
         t_base = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = stage1.train_token_shard(model, train, classes, root, tmp / "tok" / "shard-0.safetensors", 0, 1,
+        out = token_stage.train_token_shard(model, train, classes, root, tmp / "tok" / "shard-0.safetensors", 0, 1,
                                        settings, progress=False)
         sync()
         t_ours = time.perf_counter() - t0
         from genpromp.training.checkpoints import load_tokens
         ours = load_tokens(out)
         diff = max((ours[c.concept_token] - base[c.class_id]).abs().max().item() for c in table.classes)
-        steps = sum(stage1.class_schedule(settings, c.class_id, args.images).total_steps for c in table.classes)
+        steps = sum(token_stage.class_schedule(settings, c.class_id, args.images).total_steps for c in table.classes)
         dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         print(f"device {dev}; {args.classes} classes x {args.images} images, batch {args.batch_size}, "
               f"{args.epochs} epochs = {steps} optimizer steps; resolution {res}")

@@ -1,0 +1,174 @@
+"""What a config asks each workflow stage to read: the logic behind the rules' input functions.
+
+Each function takes the validated config and the names a rule's wildcards give (dataset, run, variant,
+part) and returns the paths (from :mod:`genpromp.layout`) or the values a rule declares. A function whose
+answer depends on the size of an index table takes that table's path: the rule file passes the path of the
+checkpoint's output, so Snakemake re-evaluates the function once the table exists. Each rule file binds
+these functions to its wildcards at its top; nothing here imports Snakemake, so every function is tested
+as plain Python (tests/test_plan.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from . import layout
+from .errors import ConfigError, GenprompError
+from .training.shards import token_shard_count
+
+__all__ = [
+    "ASSETS", "ASSETS_TOKENIZER", "ASSETS_SYNSETS", "index_tokenizer", "classifier_scores", "scores_source",
+    "token_shards", "run_tokens", "run_tokens_input", "run_unet_dir", "run_unet_marker", "pretrained_marker",
+    "variant_scores", "embeddings_scores", "count_rows", "cam_shard_files", "eval_parts", "part_shards",
+    "part_cam_files", "eval_part_files", "eval_meta", "heldout_summary", "baseline_summaries", "calibration_files",
+]
+
+ASSETS = "resources/assets"
+ASSETS_TOKENIZER = f"{ASSETS}/clip_tokenizer/vocab.json"
+ASSETS_SYNSETS = f"{ASSETS}/LOC_synset_mapping.txt"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+# ---------------------------------------------------------------- data
+def index_tokenizer(config):
+    """The CLIP tokenizer the index picks meta tokens with: a real SD folder's own tokenizer/ (no download,
+    so an offline node can index), else the one rule `assets` builds (the demo model is built from that one,
+    so demo runs always use it)."""
+    own = Path(config["pretrained"]) / "tokenizer"
+    if not config["demo"]["enabled"] and all((own / name).is_file() for name in TOKENIZER_FILES):
+        return f"{own.as_posix()}/vocab.json"
+    return ASSETS_TOKENIZER
+
+
+def classifier_scores(config, dataset):
+    """The dataset's imported classifier scores, or [] without a classifier."""
+    classifier = config["datasets"][dataset].get("classifier")
+    return layout.scores(dataset, classifier["name"]) if classifier else []
+
+
+def scores_source(config, dataset, classifier):
+    """The score file (JSON or CSV) the config names for ``classifier``."""
+    entry = config["datasets"][dataset].get("classifier")
+    if not entry or entry["name"] != classifier:
+        raise ConfigError(f"dataset {dataset} has no classifier named {classifier} (config key "
+                          f"datasets.{dataset}.classifier)")
+    return entry["path"]
+
+
+# ---------------------------------------------------------------- tokens, unet
+def token_shards(config, dataset, classes_table):
+    """Shard token tables of a dataset: train_token.shards capped at the kept classes of its class table."""
+    n_shards = token_shard_count(classes_table, config["train_token"]["shards"])
+    return [layout.token_shard(dataset, k) for k in range(n_shards)]
+
+
+def pretrained_marker(config):
+    """The file that stands for the whole pretrained model folder."""
+    return f"{config['pretrained']}/unet/config.json"
+
+
+# ---------------------------------------------------------------- cams
+def run_tokens(config, dataset, run):
+    """What a run's embeddings get as tokens: 'meta', or a token table / original tokens/ folder."""
+    tokens = config["runs"][run]["tokens"]
+    return layout.tokens(dataset) if tokens == "trained" else tokens
+
+
+def run_tokens_input(config, dataset, run):
+    tokens = run_tokens(config, dataset, run)
+    return [] if tokens == "meta" else tokens
+
+
+def run_unet_dir(config, dataset, run):
+    """The run's UNet folder, or None for the pretrained model's own unet/."""
+    unet = config["runs"][run]["unet"]
+    if unet == "finetuned":
+        return layout.unet_dir(dataset)
+    return None if unet == "pretrained" else unet
+
+
+def run_unet_marker(config, dataset, run):
+    folder = run_unet_dir(config, dataset, run)
+    return pretrained_marker(config) if folder is None else f"{folder}/config.json"
+
+
+def variant_scores(config, dataset, variant):
+    """Classifier scores for a top1/top5 variant (the classes it localizes); [] for gtk."""
+    if not layout.Variant.parse(variant).needs_scores:
+        return []
+    scores = classifier_scores(config, dataset)
+    if not scores:
+        raise ConfigError(f"variant {variant} needs classifier scores; config key datasets.{dataset}.classifier "
+                          "is not set")
+    return scores
+
+
+def embeddings_scores(config, dataset):
+    """The classifier scores when a main variant localizes predicted classes (top1/top5): the run's
+    embeddings then also cover the predicted classes outside keep_class."""
+    if set(config["test"]["eval_modes"]) <= {"gtk"}:
+        return []
+    return classifier_scores(config, dataset)
+
+
+def count_rows(table):
+    """Rows of a parquet table (read from its footer)."""
+    return pq.ParquetFile(table).metadata.num_rows
+
+
+def cam_shard_files(config, dataset, run, variant, index_table, split="test"):
+    """Every shard file of a CAM cache over the images of ``index_table``."""
+    return layout.cam_shards(dataset, run, variant, count_rows(index_table), config["test"]["shard_size"], split)
+
+
+# ---------------------------------------------------------------- evaluate
+def eval_parts(config, test_table):
+    """CAM shard numbers of each evaluation part (a list of lists): evaluation.shard_size images rounded to
+    whole CAM shards of test.shard_size."""
+    from .evaluation.evaluate import eval_part_shards
+
+    return eval_part_shards(count_rows(test_table), config["test"]["shard_size"], config["evaluation"]["shard_size"])
+
+
+def part_shards(config, dataset, part, test_table):
+    parts = eval_parts(config, test_table)
+    if int(part) >= len(parts):
+        raise GenprompError(f"evaluation part {part} does not exist for {dataset} ({len(parts)} parts)")
+    return parts[int(part)]
+
+
+def part_cam_files(config, dataset, run, variant, part, test_table):
+    return [layout.cam_shard(dataset, run, variant, k) for k in part_shards(config, dataset, part, test_table)]
+
+
+def eval_part_files(config, dataset, run, variant, ext, test_table):
+    return [layout.eval_part(dataset, run, variant, p, ext) for p in range(len(eval_parts(config, test_table)))]
+
+
+def eval_meta(config, dataset, run, variant):
+    """What a merged summary records about itself."""
+    parsed = layout.Variant.parse(variant)
+    scores = classifier_scores(config, dataset) if parsed.needs_scores else []
+    return {"dataset": dataset, "run": run, "variant": variant, "mode": parsed.mode, "ratio": parsed.ratio,
+            "cams": layout.cam_dir(dataset, run, variant), "scores": scores or None}
+
+
+# ---------------------------------------------------------------- calibration, tables
+def heldout_summary(dataset, run, variant):
+    """The held-out summary that calibrates a test variant (gtk at the same ratio and timesteps)."""
+    return layout.summary(dataset, run, layout.Variant.parse(variant).heldout(), split="heldout")
+
+
+def baseline_summaries(eval_meta_by_path):
+    """Baseline summaries of every dataset that has evaluation summaries."""
+    datasets = sorted({m["dataset"] for m in eval_meta_by_path.values()})
+    return [layout.baseline_summary(d, b) for d in datasets for b in layout.BASELINES]
+
+
+def calibration_files(config, eval_meta_by_path, summaries):
+    """calibration.json next to each of ``summaries`` when evaluation.calibration is set, else []."""
+    if not config.get("evaluation", {}).get("calibration"):
+        return []
+    return [layout.calibration(m["dataset"], m["run"], m["variant"]) for m in map(eval_meta_by_path.get, summaries)]
