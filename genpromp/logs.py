@@ -18,9 +18,10 @@ __all__ = ["LOG_FORMAT", "setup_logging", "script_logging"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(level=logging.INFO, stream=None):
-    """Send log records of ``level`` and above to ``stream`` (default: stderr) in LOG_FORMAT."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=stream or sys.stderr, force=True)
+def setup_logging(level=logging.INFO, stream=None, replace=False):
+    """Send log records of ``level`` and above to ``stream`` (default: stderr) in LOG_FORMAT. Without
+    ``replace``, a process that already has log handlers (an embedding application, pytest) keeps them."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=stream or sys.stderr, force=replace)
 
 
 def script_logging(snakemake, append=False):
@@ -33,7 +34,7 @@ def script_logging(snakemake, append=False):
     original = sys.stderr
     stream = open(snakemake.log[0], "a" if append else "w", buffering=1)
     sys.stderr = stream
-    setup_logging(stream=stream)
+    setup_logging(stream=stream, replace=True)
 
     def report_failure(exc_type, exc, tb):
         logging.getLogger("genpromp").error("%s failed", f"rule {snakemake.rule}", exc_info=(exc_type, exc, tb))

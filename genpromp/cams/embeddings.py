@@ -76,7 +76,7 @@ def needed_class_ids(classes, test_index=None, scores=None):
     kept = classes[classes["kept"].astype(bool)] if "kept" in classes.columns else classes
     ids = {int(c) for c in kept["class_id"]}
     if scores is not None:
-        from .extract import read_top5
+        from ..data.scores import read_top5
 
         top5 = read_top5(scores)
         images = pd.read_parquet(test_index, columns=["image_id"])["image_id"] if test_index is not None else top5

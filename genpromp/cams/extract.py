@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from ..data.images import read_rgb
+from ..data.scores import read_top5
 from ..errors import ConfigError, GenprompError, InputError
 from ..io import resolve_inside
 from ..layout import Variant, roles_for_mode
@@ -302,12 +303,6 @@ def extract_cams(comps, emb, records, settings, device=None, dtype=None, progres
     if not records:
         return ids, np.zeros((0, k), np.int32), np.zeros((0, k, s, s), np.float32)
     return ids, np.concatenate(all_slots).astype(np.int32), np.concatenate(all_cams)
-
-
-def read_top5(scores_path):
-    """{image_id: top5 class ids tuple} from a scores parquet (docs/FORMATS.md § Classifier scores)."""
-    df = pd.read_parquet(scores_path, columns=["image_id", "top5_ids"])
-    return {str(i): tuple(int(c) for c in t) for i, t in zip(df["image_id"], df["top5_ids"])}
 
 
 def shard_records(index_path, dataset_root, shard, shard_size, top5=None):

@@ -43,6 +43,7 @@ from ..errors import GenprompError, InputError
 from ..io import atomic_path
 
 __all__ = [
+    "read_top5",
     "SCORES_SCHEMA", "ROW_GROUP", "IMAGE_EXTENSIONS", "ScoreTable", "iter_json_scores", "iter_csv_scores",
     "collect_scores", "topk_ids", "write_scores", "import_scores", "register_cli",
 ]
@@ -350,6 +351,13 @@ def import_scores(scores_path, index_dir, dest, fmt=None):
     write_scores(table, dest)
     log.info("imported %d x %d scores from %s into %s", len(test_ids), n_classes, scores_path, dest)
     return table
+
+
+def read_top5(path):
+    """``{image_id: top-5 class ids tuple}`` from a scores parquet (docs/FORMATS.md § Classifier scores)."""
+    table = pq.read_table(path, columns=["image_id", "top5_ids"])
+    return {str(i): tuple(int(c) for c in ids)
+            for i, ids in zip(table.column("image_id").to_pylist(), table.column("top5_ids").to_pylist())}
 
 
 def _cli(args):

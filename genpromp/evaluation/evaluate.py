@@ -20,6 +20,7 @@ from .. import layout
 from ..cams.cache import CamCache, read_cam_shard, shard_filename
 from ..config import schema_default, schema_entry
 from ..errors import ConfigError, InputError
+from ..data.scores import read_top5
 from ..io import atomic_path, write_text_atomic
 from .evaluator import (
     Evaluator, ImageInput, ImageResult, evaluate_image, merge_states, score_classes, settings_from_params,
@@ -32,7 +33,7 @@ from .pxap import (
 from .wsol import wsol_scoremap
 
 __all__ = [
-    "load_test_index", "load_scores", "settings_from_params", "eval_part_shards",
+    "load_test_index", "settings_from_params", "eval_part_shards",
     "evaluate_cache", "evaluate_baselines", "results_table", "write_evaluation", "run_evaluate",
     "run_evaluate_part", "merge_evaluation", "run_baselines", "register_cli",
 ]
@@ -60,12 +61,6 @@ def load_test_index(path):
         if boxes is None or len(boxes) == 0:
             raise InputError(path, f"image {iid!r} has no ground-truth box; test images need boxes", i)
     return df.set_index("image_id", drop=False)
-
-
-def load_scores(path):
-    """Classifier scores (FORMATS.md) as {image_id: top-5 class ids tuple}."""
-    df = pq.read_table(path, columns=["image_id", "top5_ids"]).to_pandas()
-    return {iid: tuple(int(c) for c in ids) for iid, ids in zip(df["image_id"], df["top5_ids"])}
 
 
 def _gt_record(index, iid, source):
@@ -161,7 +156,7 @@ def evaluate_cache(cam_dir, index_path, settings, scores_path=None, threads=1, s
                                                "part was planned for a different test set or test.shard_size")
         cache.index = cache.index[cache.index["shard"].isin([int(k) for k in shards])]  # keep row numbers
     index = load_test_index(index_path)
-    scores = load_scores(scores_path) if scores_path else None
+    scores = read_top5(scores_path) if scores_path else None
     _check_coverage(cache, index, scores, scores_path, part=shards)
     ids = set(index["image_id"])
     entries = _mask_entries(masks, [i for i in dict.fromkeys(cache.index["image_id"]) if i in ids])
@@ -215,7 +210,7 @@ def evaluate_baselines(index_path, settings, scores_path=None, cam_size=64, mask
     PxAP is the share of positive pixels).
     """
     index = load_test_index(index_path)
-    scores = load_scores(scores_path) if scores_path else None
+    scores = read_top5(scores_path) if scores_path else None
     center_map = center_gaussian_cam(cam_size)
     out = {"center": Evaluator(settings), "full": Evaluator(settings)}
     n_thr = len(settings.thresholds)
