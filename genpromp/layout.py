@@ -17,7 +17,7 @@ The tree (docs/FORMATS.md describes each file)::
     results/<dataset>/scores/<classifier>.parquet                     scores
     results/<dataset>/tokens/shard-<k>.safetensors, tokens.safetensors token_shard, tokens
     results/<dataset>/unet/ (+ unet.log.csv)                          unet_dir, unet_marker, unet_log
-    results/<dataset>/<run>/embeddings.safetensors                    embeddings
+    results/<dataset>/embeddings/<tokens key>.safetensors             embeddings
     results/<dataset>/<run>[/heldout]/cams/<variant>/shard-<k>.npz    cam_dir, cam_shard, cam_index
     results/<dataset>/<run>[/heldout]/eval/<variant>/...              eval_dir, eval_part, per_image, summary
     results/<dataset>/baselines/<center|full>/summary.json            baseline_summary
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from .errors import GenprompError
 
 __all__ = [
-    "RESULTS", "MODES", "MODE_ROLES", "SPLITS", "VARIANT_PATTERN", "GTK_VARIANT_PATTERN", "BASELINES", "TABLES", "Variant",
+    "RESULTS", "MODES", "MODE_ROLES", "SPLITS", "VARIANT_PATTERN", "GTK_VARIANT_PATTERN", "TOKENS_KEY_PATTERN", "BASELINES", "TABLES", "Variant",
     "roles_for_mode", "index_dir", "index_table", "scores", "tokens_dir", "token_shard", "token_shard_log", "tokens",
     "unet_dir", "unet_marker", "unet_log", "run_dir", "embeddings", "cam_dir", "cam_shard_name", "cam_shard",
     "cam_index", "cam_shards", "shard_count", "overlays", "eval_dir", "eval_part", "per_image", "summary",
@@ -53,6 +53,9 @@ MODES = tuple(MODE_ROLES)
 SPLITS = ("train", "test", "classes", "heldout")
 # The variant wildcard's constraint: what a variant name can look like.
 VARIANT_PATTERN = r"(gtk|top1|top5)_w[0-9.]+_t[0-9-]+"
+# Names of a run's token source: the dataset's trained tokens, the meta words only, or a given token
+# file / folder (a hash of its path).
+TOKENS_KEY_PATTERN = r"trained|meta|given-[0-9a-f]{12}"
 # Held-out calibration caches are gtk variants only.
 GTK_VARIANT_PATTERN = r"gtk_w[0-9.]+_t[0-9-]+"
 _VARIANT_RE = re.compile(r"(?P<mode>gtk|top1|top5)_w(?P<ratio>[0-9]+(?:\.[0-9]+)?)_t(?P<ts>[0-9]+(?:-[0-9]+)*)")
@@ -188,8 +191,10 @@ def run_dir(dataset, run):
     return f"{RESULTS}/{_part(dataset)}/{_part(run)}"
 
 
-def embeddings(dataset, run):
-    return f"{run_dir(dataset, run)}/embeddings.safetensors"
+def embeddings(dataset, tokens_key):
+    """A dataset's class embeddings for one token source (TOKENS_KEY_PATTERN): runs with the same tokens
+    share them, whatever their UNet (the UNet does not enter f_r or f_d)."""
+    return f"{RESULTS}/{_part(dataset)}/embeddings/{_part(tokens_key)}.safetensors"
 
 
 def cam_dir(dataset, run, variant, split="test"):

@@ -389,7 +389,7 @@ def register_cli(sub):
                     "and <name>.overlay.png.",
         epilog="examples:\n"
                "  genpromp localize photos/*.jpg --class Black_footed_Albatross \\\n"
-               f"      --classes {layout.index_table('cub', 'classes')} --embeddings {layout.embeddings('cub', 'genpromp')} "
+               f"      --classes {layout.index_table('cub', 'classes')} --embeddings {layout.embeddings('cub', 'trained')} "
                f"\\\n      --unet {layout.unet_dir('cub')} --out localized/\n"
                "  genpromp localize dog.jpg --word dog --model /models/stable-diffusion-v1-4 --out localized/\n"
                f"  genpromp localize bird.jpg --class '<cub-3>' --tokens {layout.tokens('cub')} "

@@ -10,6 +10,7 @@ as plain Python (tests/test_plan.py).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,7 +21,7 @@ from .training.shards import token_shard_count
 
 __all__ = [
     "ASSETS", "ASSETS_TOKENIZER", "ASSETS_SYNSETS", "index_tokenizer", "classifier_scores", "scores_source",
-    "token_shards", "run_tokens", "run_tokens_input", "run_unet_dir", "run_unet_marker", "pretrained_marker",
+    "token_shards", "run_tokens", "tokens_key", "tokens_for_key", "tokens_input", "run_embeddings", "run_unet_dir", "run_unet_marker", "pretrained_marker",
     "variant_scores", "embeddings_scores", "count_rows", "cam_shard_files", "eval_parts", "part_shards",
     "part_cam_files", "eval_part_files", "eval_meta", "heldout_summary", "baseline_summaries", "calibration_files",
 ]
@@ -76,9 +77,31 @@ def run_tokens(config, dataset, run):
     return layout.tokens(dataset) if tokens == "trained" else tokens
 
 
-def run_tokens_input(config, dataset, run):
-    tokens = run_tokens(config, dataset, run)
+def tokens_key(config, run):
+    """The name of a run's token source (layout.TOKENS_KEY_PATTERN): 'trained', 'meta', or 'given-<hash of the
+    path>'. Runs with the same key share their class embeddings."""
+    tokens = config["runs"][run]["tokens"]
+    if tokens in ("trained", "meta"):
+        return tokens
+    return "given-" + hashlib.sha256(str(tokens).encode()).hexdigest()[:12]
+
+
+def tokens_for_key(config, dataset, key):
+    """What the embeddings of token source ``key`` get as tokens (the inverse of :func:`tokens_key`)."""
+    for run in config["runs"]:
+        if tokens_key(config, run) == key:
+            return run_tokens(config, dataset, run)
+    raise ConfigError(f"no run in the config's runs uses the token source {key!r}")
+
+
+def tokens_input(config, dataset, key):
+    tokens = tokens_for_key(config, dataset, key)
     return [] if tokens == "meta" else tokens
+
+
+def run_embeddings(config, dataset, run):
+    """The class embeddings a run's CAM extraction reads (shared by the runs with the same tokens)."""
+    return layout.embeddings(dataset, tokens_key(config, run))
 
 
 def run_unet_dir(config, dataset, run):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cam_fixtures import (  # noqa: F401  (fixtures)
-    LABELS, N_CLASSES, TOP5, cam_config, cam_world, load_tiny_components, tiny_model_dir,
+    LABELS, N_CLASSES, TOP5, cam_config, cam_world, fresh_components, load_tiny_components, tiny_model_dir,
 )
 from genpromp.cams.cache import CamCache, read_cam_shard, roles_for_mode, write_cam_index
 from genpromp.cams.capture import groups_from_config
@@ -242,3 +242,21 @@ def test_embeddings_under_keep_class_cover_kept_and_predicted_classes(tiny_model
     save_tokens(only0, [0], ["<cub-0>"], vec["<cub-0>"].reshape(1, -1), ["bird"])
     with pytest.raises(InputError, match=r"<cub-2>"):
         build_run_embeddings(tiny_model_dir, tmp_path / "classes.parquet", str(only0), tmp_path / "x.safetensors")
+
+
+def test_shared_meta_words_are_encoded_once_and_equal_per_word_encoding(fresh_components, monkeypatch):
+    """encode_unique (each distinct word once, as for 200 CUB classes that all say "bird") equals encoding
+    every word's captions, and really encodes fewer captions."""
+    from genpromp.cams import embeddings as emb_module
+
+    comps = fresh_components
+    words = ["bird", "dog", "bird", "bird", "cat", "dog"]
+    straight = emb_module.encode_captions(comps.tokenizer, comps.text_encoder, words)
+    seen = []
+    real = emb_module.encode_captions
+    monkeypatch.setattr(emb_module, "encode_captions", lambda tok, enc, ws, t=TEMPLATES: seen.append(list(ws))
+                        or real(tok, enc, ws, t))
+    shared = emb_module.encode_unique(comps.tokenizer, comps.text_encoder, words)
+    assert seen == [["bird", "dog", "cat"]]
+    assert shared.shape == straight.shape
+    assert torch.allclose(shared, straight, rtol=0, atol=1e-6), (shared - straight).abs().max()

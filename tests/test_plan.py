@@ -1,11 +1,12 @@
 """genpromp.plan: what each stage's input functions return for a config, without Snakemake."""
 
 import copy
+import re
 
 import pandas as pd
 import pytest
 
-from genpromp import plan
+from genpromp import layout, plan
 from genpromp.errors import ConfigError, GenprompError
 
 BASE = {
@@ -29,12 +30,28 @@ def _table(path, n, **cols):
 
 def test_run_tokens_and_unet_follow_the_run():
     assert plan.run_tokens(BASE, "cub", "genpromp") == "results/cub/tokens/tokens.safetensors"
-    assert plan.run_tokens_input(BASE, "cub", "meta_only") == []
+    assert plan.run_tokens(BASE, "cub", "meta_only") == "meta"
     assert plan.run_tokens(BASE, "cub", "released") == "ckpts/tokens"
     assert plan.run_unet_dir(BASE, "cub", "genpromp") == "results/cub/unet"
     assert plan.run_unet_dir(BASE, "cub", "meta_only") is None
     assert plan.run_unet_marker(BASE, "cub", "meta_only") == "ckpts/sd14/unet/config.json"
     assert plan.run_unet_marker(BASE, "cub", "released") == "ckpts/unet/config.json"
+
+
+def test_runs_with_the_same_tokens_share_their_embeddings():
+    config = {**BASE, "runs": {**BASE["runs"], "no_stage2": {"tokens": "trained", "unet": "pretrained"},
+                               "released_too": {"tokens": "ckpts/tokens", "unet": "pretrained"}}}
+    assert plan.run_embeddings(config, "cub", "genpromp") == plan.run_embeddings(config, "cub", "no_stage2") \
+        == "results/cub/embeddings/trained.safetensors"
+    given = plan.tokens_key(config, "released")
+    assert re.fullmatch(layout.TOKENS_KEY_PATTERN, given) and given.startswith("given-")
+    assert plan.tokens_key(config, "released_too") == given != plan.tokens_key({**config, "runs": {
+        "x": {"tokens": "ckpts/other", "unet": "pretrained"}}}, "x")
+    assert plan.tokens_for_key(config, "cub", given) == "ckpts/tokens"
+    assert plan.tokens_for_key(config, "cub", "trained") == "results/cub/tokens/tokens.safetensors"
+    assert plan.tokens_input(config, "cub", "meta") == []
+    with pytest.raises(ConfigError, match="no run"):
+        plan.tokens_for_key(config, "cub", "given-000000000000")
 
 
 def test_scores_only_where_a_variant_needs_them():

@@ -23,6 +23,7 @@ import yaml
 
 from test_resume_workflow import (CAMS, DATASET, EVAL, MICRO, RUN, VARIANT, assert_same_file,  # noqa: F401
                                   assert_same_outputs, comparable_files, micro_reference, new_workdir, run_workflow)
+from genpromp import layout
 from workflow_utils import planned_jobs, run_snakemake
 
 TRAINED = [f"results/{DATASET}/{name}" for name in ("index", "scores", "tokens", "unet", "unet.log.csv")]
@@ -79,7 +80,7 @@ def test_same_config_and_seed_is_bit_identical(micro_reference, tmp_path):
     assert_plan_skips_training(c)
     run_workflow(c)
     compared = assert_same_outputs(a, c)
-    for rel in (f"results/{DATASET}/{RUN}/embeddings.safetensors", f"{CAMS}/shard-00002.npz", f"{CAMS}/index.parquet",
+    for rel in (layout.embeddings(DATASET, "trained"), f"{CAMS}/shard-00002.npz", f"{CAMS}/index.parquet",
                 f"{EVAL}/summary.json", f"{EVAL}/parts/part-00001.json", "results/tables/main.csv"):
         assert rel in compared
 
@@ -101,7 +102,7 @@ def test_batch_and_shard_sizes_change_no_number(micro_reference, tmp_path, name)
         config[section].update(values)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    d = workdir_with_trained(a, tmp_path / "D", extra=[f"results/{DATASET}/{RUN}/embeddings.safetensors"])
+    d = workdir_with_trained(a, tmp_path / "D", extra=[layout.embeddings(DATASET, "trained")])
     assert_plan_skips_training(d, configfile)
     run_workflow(d, configfile=configfile)
 

@@ -1,9 +1,11 @@
-"""Class text embeddings f_r (representative) and f_d (discriminative), computed once per run.
+"""Class text embeddings f_r (representative) and f_d (discriminative), computed once per token source.
 
 docs/method.md § Prompts and tokens: f_r of a class = mean over the 7 templates of the text encoder's last
 hidden state for the concept-token captions; f_d = the same for the meta-token captions; both [77, D].
-The run's ``embeddings.safetensors`` holds ``f_r`` and ``f_d`` (float32 [C, 77, D]) and ``class_ids``
-(int64 [C]); CAM extraction mixes them per variant as f_c = w·f_r + (1−w)·f_d.
+An embeddings file (``genpromp.layout.embeddings``: one per dataset and token source, shared by the runs
+that use those tokens) holds ``f_r`` and ``f_d`` (float32 [C, 77, D]) and ``class_ids`` (int64 [C]); CAM
+extraction mixes them per variant as f_c = w·f_r + (1−w)·f_d. Classes that share a meta word (every CUB
+class uses "bird") share one f_d encoding.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .. import layout
+from .. import layout, plan
 from ..errors import InputError
 from ..io import atomic_path
 from ..prompts import TEMPLATES, add_concept_tokens, tokenize
@@ -24,7 +26,7 @@ from ..prompts import TEMPLATES, add_concept_tokens, tokenize
 __all__ = [
     "ClassEmbeddings", "read_classes", "load_token_vectors", "install_concept_tokens",
     "encode_captions", "compute_class_embeddings", "write_embeddings", "read_embeddings", "combine_embeddings",
-    "build_run_embeddings", "needed_class_ids", "run_tokens", "register_cli",
+    "build_run_embeddings", "needed_class_ids", "encode_unique", "register_cli",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,13 +134,23 @@ def encode_captions(tokenizer, text_encoder, words, templates=TEMPLATES, chunk=6
     return states.view(len(words), len(templates), *states.shape[1:]).mean(dim=1)
 
 
+def encode_unique(tokenizer, text_encoder, words, templates=TEMPLATES):
+    """:func:`encode_captions` of ``words``, encoding each distinct word once: float32 [len(words), 77, D]."""
+    distinct = list(dict.fromkeys(words))
+    encoded = encode_captions(tokenizer, text_encoder, distinct, templates)
+    if len(distinct) == len(words):
+        return encoded
+    row = {w: k for k, w in enumerate(distinct)}
+    return encoded[torch.tensor([row[w] for w in words], dtype=torch.long)]
+
+
 def compute_class_embeddings(tokenizer, text_encoder, classes, use_concept_tokens=True, templates=TEMPLATES):
     """f_r, f_d for every class of ``classes`` → :class:`ClassEmbeddings`.
 
     Without concept tokens (run tokens = meta), f_r is set equal to f_d (only w = 0 is meaningful).
     """
-    f_d = encode_captions(tokenizer, text_encoder, classes["meta_token"].tolist(), templates)
-    f_r = (encode_captions(tokenizer, text_encoder, classes["concept_token"].tolist(), templates)
+    f_d = encode_unique(tokenizer, text_encoder, classes["meta_token"].tolist(), templates)
+    f_r = (encode_unique(tokenizer, text_encoder, classes["concept_token"].tolist(), templates)
            if use_concept_tokens else f_d.clone())
     return ClassEmbeddings(f_r, f_d, torch.tensor(classes["class_id"].to_numpy().tolist(), dtype=torch.int64))
 
@@ -192,30 +204,6 @@ def build_run_embeddings(pretrained, classes_path, tokens, out_path, test_index=
                                             "untrained_classes": len(untrained)})
 
 
-def run_tokens(config, dataset, run):
-    """What a run's ``tokens`` setting means for the embeddings: 'meta' or the token file / folder path
-    ('trained' = the dataset's merged stage-1 table, :func:`genpromp.layout.tokens`)."""
-    tokens = config["runs"][run]["tokens"]
-    if tokens == "trained":
-        return layout.tokens(dataset)
-    return tokens
-
-
-def _default_scores(config, dataset):
-    """The dataset's imported classifier scores when the config's eval modes localize predicted classes
-    (top1/top5, which may lie outside keep_class), as the workflow does; else None."""
-    from ..errors import GenprompError
-
-    classifier = config["datasets"][dataset].get("classifier")
-    if not classifier or not set(config["test"]["eval_modes"]) - {"gtk"}:
-        return None
-    scores = Path(layout.scores(dataset, classifier["name"]))
-    if not scores.is_file():
-        raise GenprompError(f"{scores}: classifier scores not found; the config's eval modes "
-                            f"{config['test']['eval_modes']} need them (run import-scores first, or pass --scores)")
-    return scores
-
-
 def _cli(args):
     from ..config import load_config
     from ..errors import GenprompError
@@ -226,16 +214,29 @@ def _cli(args):
             raise GenprompError(f"{key[:-1]} {name!r} is not in {args.config} (have {sorted(config[key])})")
     ds = args.dataset
     build_run_embeddings(args.pretrained or config["pretrained"], args.classes or layout.index_table(ds, "classes"),
-                         args.tokens or run_tokens(config, ds, args.run), args.out or layout.embeddings(ds, args.run),
+                         args.tokens or plan.run_tokens(config, ds, args.run),
+                         args.out or plan.run_embeddings(config, ds, args.run),
                          test_index=args.index or layout.index_table(ds, "test"),
-                         scores=args.scores if args.scores is not None else _default_scores(config, ds))
+                         scores=args.scores if args.scores is not None else _cli_scores(config, ds))
+
+
+def _cli_scores(config, dataset):
+    """The scores the workflow's embeddings read (genpromp.plan.embeddings_scores), which must exist."""
+    from ..errors import GenprompError
+
+    scores = plan.embeddings_scores(config, dataset)
+    if scores and not Path(scores).is_file():
+        raise GenprompError(f"{scores}: classifier scores not found; the config's eval modes "
+                            f"{config['test']['eval_modes']} need them (run import-scores first, or pass --scores)")
+    return scores or None
 
 
 def register_cli(sub):
     ds, run = "<dataset>", "<run>"
     p = sub.add_parser("embeddings", help="compute a run's class text embeddings f_r and f_d (before extract-cams)",
                        description="Encode the 7 prompt templates with every class's concept token (f_r) and meta "
-                                   f"token (f_d) and write {layout.embeddings(ds, run)}, the "
+                                   f"token (f_d) and write {layout.embeddings(ds, '<tokens>')} (<tokens>: trained, meta or "
+                                   "given-<hash> after runs.<run>.tokens; runs with the same tokens share it), the "
                                    "--embeddings input of `genpromp extract-cams`. The run's tokens come from the "
                                    "config (runs.<run>.tokens: trained | meta | a path).")
     p.add_argument("--config", default="config/config.yaml", help="workflow config YAML (default: %(default)s)")
@@ -245,7 +246,7 @@ def register_cli(sub):
     p.add_argument("--classes", default=None, help=f"class table (default: {layout.index_table(ds, 'classes')})")
     p.add_argument("--tokens", default=None, help="'meta' or a token table / original tokens/ folder "
                                                   f"(default: from runs.<run>.tokens; trained = {layout.tokens(ds)})")
-    p.add_argument("--out", default=None, help=f"output (default: {layout.embeddings(ds, run)})")
+    p.add_argument("--out", default=None, help=f"output (default: {layout.embeddings(ds, '<tokens>')})")
     p.add_argument("--scores", default=None, help="classifier scores parquet: also encode the classes predicted in "
                                                    "the test images' top 5 (default: the dataset's imported scores "
                                                    f"{layout.scores(ds, '<classifier>')} when the config's eval "

@@ -6,7 +6,7 @@ one UNet pass for all (timestep × prompt) pairs — the top-1 and ground-truth 
 capturing processors on the cross-attention layers that feed the CAM groups and an early exit after the
 last of them. Group maps are averaged over timesteps, heads and layers, resized bicubically to
 ``cam_size``, averaged over groups and divided by their maximum. Class text embeddings come from the run's
-``embeddings.safetensors`` (computed once per run). Output: one CAM cache shard (docs/FORMATS.md).
+class embeddings (computed once per token source, `genpromp embeddings`). Output: one CAM cache shard (docs/FORMATS.md).
 
 Precision (``test.inference_precision``, docs/method.md § Inference precision): the VAE and UNet run in
 float16 or float32 (``auto`` = float16 on an accelerator as the original, float32 on the CPU); the text embeddings
@@ -375,7 +375,7 @@ def register_cli(sub):
     p.add_argument("--variant", required=True, help="variant name <mode>_w<ratio>_t<t1>-<t2>, e.g. top1_w0.60_t0-99")
     p.add_argument("--shard", type=int, required=True, help="shard number k (0-based block of test.shard_size images)")
     p.add_argument("--index", required=True, help="test index parquet (results/<dataset>/index/test.parquet)")
-    p.add_argument("--embeddings", required=True, help="run embeddings (results/<dataset>/<run>/embeddings.safetensors)")
+    p.add_argument("--embeddings", required=True, help="class embeddings (results/<dataset>/embeddings/<tokens>.safetensors, `genpromp embeddings`)")
     p.add_argument("--unet", default=None, help="UNet folder in diffusers layout (default: <pretrained>/unet)")
     p.add_argument("--scores", default=None, help="classifier scores parquet (required for top1/top5)")
     p.add_argument("--out", required=True, help="output shard path .../shard-<k:05d>.npz")

@@ -38,7 +38,7 @@ checkpoint heldout_index:
 rule extract_heldout_cams:
     input:
         index=layout.index_table("{dataset}", "heldout"),
-        embeddings=layout.embeddings("{dataset}", "{run}"),
+        embeddings=run_embeddings,
         pretrained=PRETRAINED_MARKER,
         unet=cam_unet_marker,
     output:

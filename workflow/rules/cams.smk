@@ -1,12 +1,13 @@
-# CAM extraction: a run's class embeddings -> one extraction job per CAM cache shard -> shard index ->
-# overlays. The {variant} wildcard is a genpromp.layout.Variant name (e.g. top1_w0.60_t0-99); the run
+# CAM extraction: class embeddings (one file per token source, shared by the runs that use it) -> one
+# extraction job per CAM cache shard -> shard index -> overlays. The {variant} wildcard is a genpromp.layout.Variant name (e.g. top1_w0.60_t0-99); the run
 # fixes the tokens (runs.<run>.tokens: trained | meta | a path) and the UNet (runs.<run>.unet:
 # finetuned | pretrained | a path). The number of shards follows the test index (a checkpoint).
 from genpromp.data.indexing import image_root_for
 
 # Input functions (genpromp.plan). The number of CAM shards follows the test index (a checkpoint).
-cam_tokens_arg = lambda wc: plan.run_tokens(config, wc.dataset, wc.run)
-cam_tokens_input = lambda wc: plan.run_tokens_input(config, wc.dataset, wc.run)
+embeddings_tokens = lambda wc: plan.tokens_for_key(config, wc.dataset, wc.tokens)
+embeddings_tokens_input = lambda wc: plan.tokens_input(config, wc.dataset, wc.tokens)
+run_embeddings = lambda wc: plan.run_embeddings(config, wc.dataset, wc.run)
 cam_unet_dir = lambda wc: plan.run_unet_dir(config, wc.dataset, wc.run)
 cam_unet_marker = lambda wc: plan.run_unet_marker(config, wc.dataset, wc.run)
 cam_scores = lambda wc: plan.variant_scores(config, wc.dataset, wc.variant)
@@ -21,19 +22,21 @@ rule embeddings:
         marker=PRETRAINED_MARKER,
         classes=layout.index_table("{dataset}", "classes"),
         test_index=layout.index_table("{dataset}", "test"),
-        tokens=cam_tokens_input,
+        tokens=embeddings_tokens_input,
         scores=embeddings_scores,
     output:
-        layout.embeddings("{dataset}", "{run}"),
+        layout.embeddings("{dataset}", "{tokens}"),
+    wildcard_constraints:
+        tokens=layout.TOKENS_KEY_PATTERN,
     params:
         pretrained=lambda wc, input: str(Path(input.marker).parent.parent),
-        tokens=cam_tokens_arg,
+        tokens=embeddings_tokens,
     conda:
         "../../environment.yml"
     log:
-        "logs/cams/{dataset}/{run}/embeddings.log",
+        "logs/cams/{dataset}/embeddings/{tokens}.log",
     benchmark:
-        "logs/cams/{dataset}/{run}/embeddings.bench.tsv"
+        "logs/cams/{dataset}/embeddings/{tokens}.bench.tsv"
     threads: 1
     resources:
         mem_mb=measured("embeddings", "mem_mb"),
@@ -47,7 +50,7 @@ rule embeddings:
 rule extract_cams:
     input:
         index=layout.index_table("{dataset}", "test"),
-        embeddings=layout.embeddings("{dataset}", "{run}"),
+        embeddings=run_embeddings,
         pretrained=PRETRAINED_MARKER,
         unet=cam_unet_marker,
         scores=cam_scores,
