@@ -80,6 +80,16 @@ def read_checkpoint(folder, expect_fingerprint=None):
     return tensors, state
 
 
+def launch_if_multi_gpu(cli_args, config, scratch):
+    """Run ``genpromp <cli_args>`` under ``accelerate launch`` when compute.gpus > 1 (True), else nothing
+    (False: the caller trains in this process)."""
+    gpus = int(config.get("compute", {}).get("gpus", 0))
+    if gpus <= 1:
+        return False
+    launch_accelerate(cli_args, config, gpus, scratch)
+    return True
+
+
 def launch_accelerate(cli_args, config, gpus, scratch):
     """Run ``genpromp <cli_args>`` under ``accelerate launch`` on ``gpus`` processes (multi-GPU jobs).
 

@@ -693,14 +693,12 @@ def run_train_token_job(config, dataset, shard, train, classes, out, log_csv):
     ``train`` / ``classes``: the index tables (train.parquet, classes.parquet); ``out``: the shard's token
     table; ``log_csv``: its training log. ``dataset`` names the config entry (image root, tracking run).
     """
-    gpus = int(config.get("compute", {}).get("gpus", 0))
-    out = Path(out)
-    if gpus > 1:
-        from .resume import launch_accelerate
+    from .resume import launch_if_multi_gpu
 
-        launch_accelerate(["train-token", "--dataset", dataset, "--shard", str(shard), "--train", str(train),
-                           "--classes", str(classes), "--out", str(out), "--log-csv", str(log_csv)],
-                          config, gpus, _partial_dir(out))
+    out = Path(out)
+    if launch_if_multi_gpu(["train-token", "--dataset", dataset, "--shard", str(shard), "--train", str(train),
+                            "--classes", str(classes), "--out", str(out), "--log-csv", str(log_csv)],
+                           config, _partial_dir(out)):
         return out
     return _train_shard_job(config, dataset, shard, train, classes, out, log_csv)
 

@@ -448,13 +448,11 @@ def run_train_unet_job(config, dataset, train, classes, tokens, out_dir, log_csv
     given = config["train_unet"].get("load_unet_path")
     if given:
         return _copy_given_unet(given, out_dir, log_csv)
-    gpus = int(config.get("compute", {}).get("gpus", 0))
-    if gpus > 1:
-        from .resume import launch_accelerate
+    from .resume import launch_if_multi_gpu
 
-        launch_accelerate(["train-unet", "--dataset", dataset, "--train", str(train), "--classes", str(classes),
-                           "--tokens", str(tokens), "--out", str(out_dir), "--log-csv", str(log_csv)],
-                          config, gpus, _partial_dir(out_dir))
+    if launch_if_multi_gpu(["train-unet", "--dataset", dataset, "--train", str(train), "--classes", str(classes),
+                            "--tokens", str(tokens), "--out", str(out_dir), "--log-csv", str(log_csv)],
+                           config, _partial_dir(out_dir)):
         return out_dir
     return _train_job(config, dataset, train, classes, tokens, out_dir, log_csv)
 
