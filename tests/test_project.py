@@ -289,3 +289,21 @@ def test_demo_import_check_catches_an_injected_import(tmp_path, where, line, nam
     found = _demo_importers(package)
     assert found and all(f.startswith(f"genpromp/{where}: genpromp.demo") for f in found)
     assert f"genpromp/{where}: {name}" in found
+
+
+def test_workflow_parse_does_not_import_torch():
+    """Every job of a cluster run parses the Snakefile again: the genpromp modules the rule files import
+    must not pull in torch (seconds per parse, times every job)."""
+    import subprocess
+    import sys
+
+    modules = set()
+    for f in [REPO / "Snakefile", *sorted((REPO / "workflow/rules").glob("*.smk"))]:
+        for module, names in re.findall(r"^from (genpromp[\w.]*) import ([\w, ]+)$", f.read_text(), re.M):
+            # `from genpromp import layout, plan` imports the submodules
+            modules |= {f"genpromp.{n.strip()}" for n in names.split(",")} if module == "genpromp" else {module}
+    modules = sorted(modules)
+    assert "genpromp.demo.world" in modules and "genpromp.plan" in modules
+    code = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False", f"importing {modules} imports torch"

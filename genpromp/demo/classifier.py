@@ -28,10 +28,11 @@ from scipy import ndimage
 
 from .. import layout
 from ..data.images import read_rgb
+from .world import demo_scores_path
 from ..errors import GenprompError
 from ..io import atomic_path
 
-__all__ = ["FEATURE_SIDE", "image_features", "fit_softmax", "predict_proba", "train_demo_classifier", "demo_scores_path",
+__all__ = ["FEATURE_SIDE", "image_features", "fit_softmax", "predict_proba", "train_demo_classifier",
            "scores_key", "json_accuracy", "register_cli"]
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,6 @@ def json_accuracy(scores_json, index_dir, layout):
     data = json.loads(Path(scores_json).read_text())
     pred = [int(np.argmax(data[scores_key(layout, i, p)]["pred_scores"])) for i, p in zip(test["image_id"], test["path"])]
     return float((np.array(pred) == test["label"].to_numpy()).mean())
-
-
-def demo_scores_path(demo_root, dataset):
-    """Where the demo classifier writes a dataset's test scores (the path the demo config's
-    ``datasets.<d>.classifier.path`` names)."""
-    return f"{demo_root}/classifications/{dataset}_democls.json"
 
 
 def _cli(args):

@@ -63,7 +63,7 @@ from ..io import atomic_dir
 __all__ = [
     "COLOURS", "TEXTURES", "SHAPES", "TEXTURE_NOUNS", "SHAPE_PLURALS", "ObjectKind", "DEMO_CLASSES",
     "demo_classes", "render_scene", "caption_for", "write_cub_dataset", "write_imagenet_dataset",
-    "write_corpus", "write_demo_world", "demo_dataset_targets", "DATASET_MARKERS", "demo_markers", "register_cli",
+    "write_corpus", "write_demo_world", "demo_dataset_targets", "DATASET_MARKERS", "demo_markers", "demo_scores_path", "register_cli",
     "MASK_LISTING",
 ]
 
@@ -510,6 +510,12 @@ def demo_markers(config):
     if not config.get("demo", {}).get("enabled"):
         return {}
     return {name: f"{root}/{DATASET_MARKERS[layout]}" for name, (layout, root) in demo_dataset_targets(config).items()}
+
+
+def demo_scores_path(demo_root, dataset):
+    """Where the demo classifier writes a dataset's test scores (the path the demo config's
+    ``datasets.<d>.classifier.path`` names)."""
+    return f"{demo_root}/classifications/{dataset}_democls.json"
 
 
 def write_demo_world(config, synset_mapping_path, what=("datasets", "corpus")):

@@ -3,7 +3,7 @@
 # stands in for Stable Diffusion 1.4. Rules exist only with demo.enabled. Contract for the other rules:
 # the dataset marker files (demo_markers), the classifier's score file (datasets.<d>.classifier.path) and
 # PRETRAINED_MARKER (<pretrained>/unet/config.json; the whole <pretrained>/ folder is written atomically with it).
-from genpromp.demo.classifier import demo_scores_path
+from genpromp.demo.world import demo_scores_path
 
 DEMO = config["demo"]
 # The 1000 ILSVRC class names the ImageNet-layout demo dataset draws from: an existing file
