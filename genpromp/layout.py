@@ -18,9 +18,13 @@ The tree (docs/FORMATS.md describes each file)::
     results/<dataset>/tokens/shard-<k>.safetensors, tokens.safetensors token_shard, tokens
     results/<dataset>/unet/ (+ unet.log.csv)                          unet_dir, unet_marker, unet_log
     results/<dataset>/embeddings/<tokens key>.safetensors             embeddings
+    results/<dataset>/latents/{test,heldout}/shard-<k>.safetensors    latent_dir, latent_shard, latent_shards
     results/<dataset>/<run>[/heldout]/cams/<variant>/shard-<k>.npz    cam_dir, cam_shard, cam_index
     results/<dataset>/<run>[/heldout]/eval/<variant>/...              eval_dir, eval_part, per_image, summary
-    results/<dataset>/baselines/<center|full>/summary.json            baseline_summary
+    results/<dataset>/baselines/<center|full>/summary.json            baseline_summary, baseline_per_image
+    results/<dataset>/cam_baseline/{model.safetensors,scores.json}    cam_baseline_model, cam_baseline_scores
+    results/<dataset>/<run>/eval/<variant>/part_peaks.json            part_peaks
+    results/<dataset>/figures/<name>                                  figure
     results/tables/<name>                                             table
 """
 
@@ -35,9 +39,10 @@ from .errors import GenprompError
 __all__ = [
     "RESULTS", "MODES", "MODE_ROLES", "SPLITS", "VARIANT_PATTERN", "GTK_VARIANT_PATTERN", "TOKENS_KEY_PATTERN", "BASELINES", "TABLES", "Variant",
     "roles_for_mode", "index_dir", "index_table", "scores", "tokens_dir", "token_shard", "token_shard_log", "tokens",
-    "unet_dir", "unet_marker", "unet_log", "run_dir", "embeddings", "cam_dir", "cam_shard_name", "cam_shard",
+    "unet_dir", "unet_marker", "unet_log", "run_dir", "embeddings", "latent_dir", "latent_shard", "latent_shards", "cam_dir", "cam_shard_name", "cam_shard",
     "cam_index", "cam_shards", "shard_count", "overlays", "eval_dir", "eval_part", "per_image", "summary",
-    "calibration", "baseline_dir", "baseline_summary", "tables_dir", "table", "demo_model_dir", "parse_results_path",
+    "calibration", "baseline_dir", "baseline_summary", "baseline_per_image", "tables_dir", "table", "demo_model_dir", "parse_results_path",
+    "cam_baseline_dir", "cam_baseline_model", "cam_baseline_scores", "part_peaks", "COMPARISON_FIGURE", "figure",
 ]
 
 RESULTS = "results"
@@ -64,7 +69,7 @@ BASELINES = ("center", "full")
 # The files of results/tables/ (rule `tables`).
 TABLES = ("main.csv", "main.md", "combine_ratio.csv", "combine_ratio.md", "combine_ratio.png",
           "threshold_curve.csv", "threshold_curve.png", "error_breakdown.csv", "error_breakdown.md",
-          "pr_curve.csv", "pr_curve.png", "calibration.csv", "calibration.md")
+          "pr_curve.csv", "pr_curve.png", "calibration.csv", "calibration.md", "paired.csv", "paired.md")
 
 
 def roles_for_mode(mode):
@@ -197,6 +202,23 @@ def embeddings(dataset, tokens_key):
     return f"{RESULTS}/{_part(dataset)}/embeddings/{_part(tokens_key)}.safetensors"
 
 
+def latent_dir(dataset, split="test"):
+    """A split's VAE latent cache: the encoded images that every CAM variant and run of the dataset reads."""
+    if split not in ("test", "heldout") and not str(split).startswith("{"):
+        raise GenprompError(f"no latent cache for split {split!r}; use test or heldout")
+    return f"{RESULTS}/{_part(dataset)}/latents/{split}"
+
+
+def latent_shard(dataset, shard, split="test"):
+    """Latent shard ``shard``: the same images, in the same order, as CAM shard ``shard`` of the split."""
+    return f"{latent_dir(dataset, split)}/shard-{_part(shard, 5)}.safetensors"
+
+
+def latent_shards(dataset, n_images, shard_size, split="test"):
+    """Every latent shard of a split of ``n_images`` images."""
+    return [latent_shard(dataset, k, split) for k in range(shard_count(n_images, shard_size))]
+
+
 def cam_dir(dataset, run, variant, split="test"):
     """A CAM cache folder; ``split`` 'heldout' is the calibration images' cache."""
     return f"{run_dir(dataset, run)}{_split_root(split)}/cams/{_part(variant)}"
@@ -256,6 +278,40 @@ def baseline_dir(dataset):
 
 def baseline_summary(dataset, baseline):
     return f"{baseline_dir(dataset)}/{_part(baseline)}/summary.json"
+
+
+def baseline_per_image(dataset, baseline):
+    """A baseline's per-image table (the rows a CAM variant's ``per_image`` has; the tables' intervals)."""
+    return f"{baseline_dir(dataset)}/{_part(baseline)}/per_image.parquet"
+
+
+def cam_baseline_dir(dataset):
+    """The discriminative CAM baseline of a dataset (runs with method cam): its CNN and its test scores."""
+    return f"{RESULTS}/{_part(dataset)}/cam_baseline"
+
+
+def cam_baseline_model(dataset):
+    return f"{cam_baseline_dir(dataset)}/model.safetensors"
+
+
+def cam_baseline_scores(dataset):
+    """The CAM baseline's test class probabilities in the classifier JSON format (a config can name the file
+    as ``datasets.<d>.classifier.path``)."""
+    return f"{cam_baseline_dir(dataset)}/scores.json"
+
+
+def part_peaks(dataset, run, variant):
+    """Where a variant's ground-truth maps peak relative to the object's part and box (part-world datasets)."""
+    return f"{eval_dir(dataset, run, variant)}/part_peaks.json"
+
+
+# The overlays of every run side by side on the same test images.
+COMPARISON_FIGURE = "runs_side_by_side.png"
+
+
+def figure(dataset, name):
+    """A figure of one dataset: ``results/<dataset>/figures/<name>``."""
+    return f"{RESULTS}/{_part(dataset)}/figures/{_part(name)}"
 
 
 # ---------------------------------------------------------------- workflow-level artefacts

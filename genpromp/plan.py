@@ -21,9 +21,10 @@ from .training.shards import token_shard_count
 
 __all__ = [
     "ASSETS", "ASSETS_TOKENIZER", "ASSETS_SYNSETS", "index_tokenizer", "classifier_scores", "scores_source",
-    "token_shards", "run_tokens", "tokens_key", "tokens_for_key", "tokens_input", "run_embeddings", "run_unet_dir", "run_unet_marker", "pretrained_marker",
-    "variant_scores", "embeddings_scores", "count_rows", "cam_shard_files", "eval_parts", "part_shards",
+    "token_shards", "runs_of_method", "run_pattern", "comparison_runs", "comparison_indexes", "comparison_variant", "run_tokens", "tokens_key", "tokens_for_key", "tokens_input", "run_embeddings", "run_unet_dir", "run_unet_marker", "pretrained_marker",
+    "variant_scores", "embeddings_scores", "count_rows", "cam_shard_files", "LATENT_TEST_KEYS", "latent_view", "eval_parts", "part_shards",
     "part_cam_files", "eval_part_files", "eval_meta", "heldout_summary", "baseline_summaries", "calibration_files",
+    "per_image_files", "baseline_per_images", "tables_params",
 ]
 
 ASSETS = "resources/assets"
@@ -71,6 +72,18 @@ def pretrained_marker(config):
 
 
 # ---------------------------------------------------------------- cams
+def runs_of_method(config, method):
+    """The runs whose ``method`` is ``method`` (genpromp | cam), in config order."""
+    return [run for run, spec in config["runs"].items() if spec.get("method", "genpromp") == method]
+
+
+def run_pattern(config, method):
+    """The ``{run}`` wildcard constraint of the rules that produce ``method``'s CAMs: its runs' names, or a
+    pattern that matches nothing when the config has none (so exactly one rule writes each run's caches)."""
+    runs = runs_of_method(config, method)
+    return "|".join(runs) if runs else "(?!)"
+
+
 def run_tokens(config, dataset, run):
     """What a run's embeddings get as tokens: 'meta', or a token table / original tokens/ folder."""
     tokens = config["runs"][run]["tokens"]
@@ -146,6 +159,19 @@ def cam_shard_files(config, dataset, run, variant, index_table, split="test"):
     return layout.cam_shards(dataset, run, variant, count_rows(index_table), config["test"]["shard_size"], split)
 
 
+# test.* keys a latent shard depends on: the image side, the encoding batch, the images per shard and the
+# VAE's precision (mode, ratios, timesteps and the run do not enter: the VAE is frozen in both stages).
+LATENT_TEST_KEYS = ("resolution", "batch_size", "shard_size", "inference_precision")
+
+
+def latent_view(config):
+    """What rule encode_latents reads, and all its latents depend on besides the index and the images: the
+    pretrained folder (its VAE), the seed and LATENT_TEST_KEYS. Passed as the rule's param, so a change of
+    anything else (variants, runs, thresholds) leaves the latent cache as it is."""
+    return {"pretrained": config["pretrained"], "seed": config["seed"],
+            "test": {k: config["test"][k] for k in LATENT_TEST_KEYS}}
+
+
 # ---------------------------------------------------------------- evaluate
 def eval_parts(config, test_table):
     """CAM shard numbers of each evaluation part (a list of lists): evaluation.shard_size images rounded to
@@ -178,6 +204,24 @@ def eval_meta(config, dataset, run, variant):
             "cams": layout.cam_dir(dataset, run, variant), "scores": scores or None}
 
 
+# ---------------------------------------------------------------- baselines, figures
+def comparison_runs(config):
+    """The side-by-side figure's columns: the CAM-baseline runs, then GenPromp's runs, in config order."""
+    return runs_of_method(config, "cam") + runs_of_method(config, "genpromp")
+
+
+def comparison_indexes(config, dataset, variant):
+    """The CAM cache indexes the side-by-side figure of ``variant`` reads, one per run (figure order)."""
+    return [layout.cam_index(dataset, run, variant) for run in comparison_runs(config)]
+
+
+def comparison_variant(config):
+    """The variant the side-by-side figure shows: gtk at the main ratio when evaluated, else the first mode."""
+    modes = config["test"]["eval_modes"]
+    return layout.Variant("gtk" if "gtk" in modes else modes[0], config["test"]["combine_ratio"],
+                          config["test"]["timesteps"])
+
+
 # ---------------------------------------------------------------- calibration, tables
 def heldout_summary(dataset, run, variant):
     """The held-out summary that calibrates a test variant (gtk at the same ratio and timesteps)."""
@@ -188,6 +232,28 @@ def baseline_summaries(eval_meta_by_path):
     """Baseline summaries of every dataset that has evaluation summaries."""
     datasets = sorted({m["dataset"] for m in eval_meta_by_path.values()})
     return [layout.baseline_summary(d, b) for d in datasets for b in layout.BASELINES]
+
+
+def baseline_per_images(eval_meta_by_path):
+    """The per-image tables of :func:`baseline_summaries`, in the same order."""
+    datasets = sorted({m["dataset"] for m in eval_meta_by_path.values()})
+    return [layout.baseline_per_image(d, b) for d in datasets for b in layout.BASELINES]
+
+
+def per_image_files(eval_meta_by_path, summaries):
+    """The per-image table of each of ``summaries`` (same order), from their names in ``eval_meta_by_path``."""
+    return [layout.per_image(m["dataset"], m["run"], m["variant"]) for m in map(eval_meta_by_path.get, summaries)]
+
+
+def tables_params(config):
+    """What rule tables reads from the config besides its inputs: ``bootstrap`` (evaluation.bootstrap,
+    schema defaults where the config lacks it), ``main_run`` (the first run; None without runs) and
+    ``combine_ratio`` (test.combine_ratio, the sweep's reference in the paired table; None if unset)."""
+    from .config import schema_default
+
+    bootstrap = {**schema_default("evaluation.bootstrap"), **config.get("evaluation", {}).get("bootstrap", {})}
+    return {"bootstrap": bootstrap, "main_run": next(iter(config.get("runs") or {}), None),
+            "combine_ratio": config.get("test", {}).get("combine_ratio")}
 
 
 def calibration_files(config, eval_meta_by_path, summaries):

@@ -13,13 +13,17 @@ Two kinds of numbers go in, and docs/cluster.md keeps them apart:
 Demo-sized models (``demo.enabled``) need a fraction of this; their requests stay small constants.
 Runtimes come from the CPU's seconds per unit times ``compute.runtime_scale`` (1 = this CPU; on a GPU
 set it from a measured job: its ``s`` column in ``*.bench.tsv`` over the CPU estimate).
+
+Every host-memory and runtime request grows with Snakemake's ``attempt`` (:func:`for_attempt`), so a job
+that a profile with ``retries`` resubmits after running out of memory or time asks for more. CPUs per job
+(:func:`job_threads`) follow the processes a job starts: data-loader workers and training processes.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["GB", "SD14", "job_resources", "stage1_samples", "gpu_mem_mb"]
+__all__ = ["GB", "SD14", "for_attempt", "gpu_mem_mb", "job_resources", "job_threads", "per_attempt", "stage1_samples"]
 
 GB = 1000  # MB per GB (Snakemake's mem_mb is in MB)
 
@@ -57,6 +61,41 @@ SD14 = {
 # Typical images per class in the paper's datasets, to size stage-1 runtimes before the index exists.
 TRAIN_IMAGES_PER_CLASS = {"cub": 30, "imagenet": 1281, "wsol": 100}
 MARGIN = 1.25  # requests are the estimate times this
+# CPUs of a job that starts no loader workers: the main process's torch operations use two threads.
+MIN_THREADS = 2
+# Rules whose jobs train under ``accelerate launch`` on compute.gpus processes when compute.gpus > 1.
+TRAINING_RULES = ("train_token", "train_unet")
+# Rules whose data loaders start compute.num_workers worker processes per training / CAM process
+# (stage 1 loads its few images per class in the main process).
+LOADER_RULES = ("train_unet", "extract_cams")
+
+
+def for_attempt(value, attempt):
+    """``value`` for Snakemake's try number ``attempt`` (1 = first): ``value x attempt``, rounded up.
+
+    A job that ran out of memory or time is resubmitted (profile ``retries``) with twice the request on
+    attempt 2, three times on attempt 3."""
+    attempt = int(attempt)
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    return int(math.ceil(value * attempt))
+
+
+def per_attempt(value):
+    """A rule resource (``mem_mb=per_attempt(2000)``): ``value`` on the first try, more on each retry."""
+    return lambda wildcards, attempt: for_attempt(value, attempt)
+
+
+def job_threads(rule, config):
+    """CPUs (Snakemake ``threads``, sbatch ``--cpus-per-task``) of one job of ``rule``.
+
+    Each process of the job needs one CPU for itself plus one per data-loader worker
+    (``compute.num_workers``, for the rules in LOADER_RULES); a training job with ``compute.gpus`` > 1
+    runs that many processes (``accelerate launch --multi_gpu``). At least MIN_THREADS."""
+    compute = config["compute"]
+    workers = int(compute.get("num_workers", 0)) if rule in LOADER_RULES else 0
+    processes = max(1, int(compute.get("gpus", 0))) if rule in TRAINING_RULES else 1
+    return max(MIN_THREADS, processes * (1 + workers))
 
 
 def stage1_samples(config):
@@ -113,12 +152,18 @@ def _stage2_seconds(config):
     return SD14["load_s"] + samples * SD14["stage2_s_per_sample"] + steps * SD14["stage2_s_per_update"]
 
 
-def job_resources(rule, config, dataset=None):
-    """``{"mem_mb", "runtime", "gpu_mem_mb"}`` of one job of ``rule`` (runtime in minutes).
+def job_resources(rule, config, dataset=None, attempt=1):
+    """``{"mem_mb", "runtime", "gpu_mem_mb"}`` of try ``attempt`` of one job of ``rule`` (runtime in minutes).
 
     mem_mb is the measured CPU peak at batch 1 plus the activations of the extra samples of a bigger
     batch: what the job needs when it falls back to the CPU (on a GPU they live in GPU memory, so the
-    request is generous there); gpu_mem_mb is :func:`gpu_mem_mb`."""
+    request is generous there); gpu_mem_mb is :func:`gpu_mem_mb`. mem_mb and runtime grow with
+    ``attempt`` (:func:`for_attempt`); gpu_mem_mb is a property of the model and does not."""
+    first = _first_attempt_resources(rule, config, dataset)
+    return first | {"mem_mb": for_attempt(first["mem_mb"], attempt), "runtime": for_attempt(first["runtime"], attempt)}
+
+
+def _first_attempt_resources(rule, config, dataset):
     if config["demo"]["enabled"]:
         return {"mem_mb": 4 * GB, "runtime": 60, "gpu_mem_mb": 2 * GB}
     act = SD14["train_activations_gb"]

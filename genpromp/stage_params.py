@@ -37,8 +37,9 @@ def stage_view(config, dataset, *sections):
 
 
 def evaluation_view(config):
-    """The evaluation settings of the scoring rules: evaluation.calibration changes none of their numbers."""
-    return {k: v for k, v in config.get("evaluation", {}).items() if k != "calibration"}
+    """The evaluation settings of the scoring rules: evaluation.calibration and evaluation.bootstrap (read by
+    rule tables alone) change none of their numbers."""
+    return {k: v for k, v in config.get("evaluation", {}).items() if k not in ("calibration", "bootstrap")}
 
 
 def with_tracking(view, config):

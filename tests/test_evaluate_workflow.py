@@ -137,5 +137,5 @@ def test_tables_rule_and_report(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tmp_path / "results/report.html").read_text(errors="replace")
     for name in ("main.md", "combine_ratio.png", "threshold_curve.png", "pr_curve.png", "error_breakdown.md",
-                 "c0__img_1.png"):
+                 "paired.md", "c0__img_1.png"):
         assert name in html

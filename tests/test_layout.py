@@ -63,6 +63,12 @@ def test_paths_take_wildcards_and_values():
     assert layout.index_table("{dataset}", "heldout") == "results/{dataset}/index/heldout.parquet"
     with pytest.raises(GenprompError, match="unknown index table"):
         layout.index_table("cub", "val")
+    assert layout.latent_shard("{dataset}", "{shard}", split="{split}") == \
+        "results/{dataset}/latents/{split}/shard-{shard}.safetensors"
+    assert layout.latent_shard("cub", 3) == "results/cub/latents/test/shard-00003.safetensors"
+    assert layout.latent_shards("cub", 9, 4, split="heldout")[-1] == "results/cub/latents/heldout/shard-00002.safetensors"
+    with pytest.raises(GenprompError, match="no latent cache for split 'train'"):
+        layout.latent_dir("cub", "train")
 
 
 def test_shard_count_and_list():

@@ -109,3 +109,19 @@ def test_index_tokenizer_prefers_the_model_folders_own(tmp_path):
         (tmp_path / "tokenizer" / name).write_text("{}")
     assert plan.index_tokenizer(config) == f"{tmp_path.as_posix()}/tokenizer/vocab.json"
     assert plan.index_tokenizer({**config, "demo": {"enabled": True}}) == plan.ASSETS_TOKENIZER
+
+
+def test_latent_view_holds_what_the_latents_depend_on_only():
+    config = {**copy.deepcopy(BASE), "seed": 3,
+              "test": {"resolution": 512, "batch_size": 16, "shard_size": 500, "inference_precision": "auto",
+                       "combine_ratio": 0.6, "combine_ratios": [0.0, 0.6], "eval_modes": ["top1"], "timesteps": [0, 99],
+                       "cam_size": 64, "cam_groups": [], "n_vis": 8}}
+    view = plan.latent_view(config)
+    assert view == {"pretrained": "ckpts/sd14", "seed": 3, "test": {"resolution": 512, "batch_size": 16,
+                                                                    "shard_size": 500, "inference_precision": "auto"}}
+    changed = copy.deepcopy(config)
+    changed["test"].update(combine_ratio=0.4, combine_ratios=[0.4], eval_modes=["gtk", "top5"], timesteps=[0, 50],
+                           cam_size=32, n_vis=0)
+    changed["runs"]["extra"] = {"tokens": "meta", "unet": "pretrained"}
+    changed["datasets"]["cub"]["cam_thr"] = 0.4
+    assert plan.latent_view(changed) == view

@@ -113,3 +113,68 @@ def test_keep_class_trains_kept_classes_with_their_tokens_only(tiny_model, kept_
     only0 = save_tokens(tmp_path / "only0.safetensors", [0], ["<cub-0>"], torch.zeros(1, dim), ["bird"])
     with pytest.raises(InputError, match="<cub-2>"):
         unet_stage.train_unet(tiny_model, *kept_dataset, only0, tmp_path / "unet2", s, progress=False)
+
+
+def _one_step(unet, checkpointing, gen_seed=0, lr=1e-3):
+    """One stage-2 update of ``unet`` (forward, MSE to the noise, backward, AdamW step) on fixed random inputs;
+    returns (loss, {name: grad}) with the weights updated in place."""
+    unet.train()
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    gen = torch.Generator().manual_seed(gen_seed)
+    side = unet.config.sample_size
+    x = torch.randn(2, unet.config.in_channels, side, side, generator=gen)
+    noise = torch.randn(x.shape, generator=gen)
+    cond = torch.randn(2, 77, unet.config.cross_attention_dim, generator=gen)
+    t = torch.tensor([10, 700])
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    pred = unet(x, t, cond).sample
+    loss = torch.nn.functional.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)).mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in unet.named_parameters()}
+    opt.step()
+    return loss.item(), grads
+
+
+def test_gradient_checkpointing_changes_memory_not_numbers(tiny_model, monkeypatch):
+    """The same update with and without recomputation. Tolerance: the recomputed forward runs the very same
+    fp32 kernels on the same inputs, so loss, gradients and weights are expected bit-identical on the CPU;
+    1e-7 (relative to the gradient scale) leaves room only for a changed summation order of the gradients
+    of a tensor used by several blocks (the time embedding), never for a numerical change."""
+    import copy
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = load_unet(f"{tiny_model}/unet")
+    plain, ckpt = copy.deepcopy(base), copy.deepcopy(base)
+    loss_a, grads_a = _one_step(plain, False)
+    assert not calls
+    loss_b, grads_b = _one_step(ckpt, True)
+    assert calls, "gradient checkpointing was not used"
+    assert loss_a == loss_b
+    scale = max(g.abs().max().item() for g in grads_a.values())
+    assert max((grads_a[n] - grads_b[n]).abs().max().item() for n in grads_a) <= 1e-7 * scale
+    wa, wb, w0 = plain.state_dict(), ckpt.state_dict(), base.state_dict()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-7
+    assert max((wa[k] - w0[k]).abs().max().item() for k in wa) > 1e-4, "the step changed nothing"
+
+
+def test_gradient_checkpointing_setting_reaches_the_unet(tiny_model, tiny_dataset, tmp_path, monkeypatch):
+    """train_unet.gradient_checkpointing: on = checkpointed blocks and the same UNet as off."""
+    tokens = _tokens(tmp_path, tiny_model)
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    weights = {}
+    for flag in (False, True):
+        calls.clear()
+        s = unet_stage.Stage2Settings(resolution=64, batch_size=2, gradient_accumulation_steps=1, max_train_steps=1,
+                                      learning_rate=1e-3, save_steps=1, seed=1, gradient_checkpointing=flag)
+        out = unet_stage.train_unet(tiny_model, *tiny_dataset, tokens, tmp_path / str(flag) / "unet", s,
+                                    progress=False)
+        assert bool(calls) == flag
+        weights[flag] = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    assert max((weights[True][k] - weights[False][k]).abs().max().item() for k in weights[True]) <= 1e-7
+    assert unet_stage.Stage2Settings.from_config(
+        {"train_unet": {"gradient_checkpointing": True}, "seed": 0}).gradient_checkpointing

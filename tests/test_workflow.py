@@ -35,15 +35,17 @@ def test_dry_run_demo(tmp_path):
 #   the gtk combine-ratio sweep (6 ratios, 0.6 shared) on the main run: CUB 2 runs -> 2 + 2 + 5 = 9,
 #   ImageNet 1 run -> 2 + 5 = 7; each has 2 CAM shards (501 images / test.shard_size 500), one
 #   evaluation part (evaluation.shard_size >= 1000), one cam_index and one merge_eval;
+# * encode_latents: one per test CAM shard (2), shared by every variant and run;
 # * overlays: main variants (n_vis > 0) on every run; embeddings: one per token source (CUB's genpromp
 #   and no_stage2 runs share the trained tokens: one job).
 # The index checkpoint ran before the plan, so it is not in it.
 REAL_PLANS = {
-    "cub": dict(train_token=20, merge_tokens=1, train_unet=1, embeddings=1, extract_cams=18, cam_index=9,
-                evaluate_shard=9, merge_eval=9, overlays=4, import_scores=1, evaluate_baselines=1, tables=1, all=1),
-    "imagenet": dict(train_token=100, merge_tokens=1, train_unet=1, embeddings=1, extract_cams=14, cam_index=7,
-                     evaluate_shard=7, merge_eval=7, overlays=2, import_scores=1, evaluate_baselines=1, tables=1,
-                     all=1),
+    "cub": dict(train_token=20, merge_tokens=1, train_unet=1, embeddings=1, encode_latents=2, extract_cams=18,
+                cam_index=9, evaluate_shard=9, merge_eval=9, overlays=4, import_scores=1, evaluate_baselines=1,
+                tables=1, all=1),
+    "imagenet": dict(train_token=100, merge_tokens=1, train_unet=1, embeddings=1, encode_latents=2, extract_cams=14,
+                     cam_index=7, evaluate_shard=7, merge_eval=7, overlays=2, import_scores=1, evaluate_baselines=1,
+                     tables=1, all=1),
 }
 
 

@@ -62,7 +62,9 @@ from ..prompts import TEMPLATES, tokenize
 from ..tracking import show_progress, standalone_tracker, tracking_spec
 from .diagnostic import DiagnosticSettings, attention_localization_score, render_probe_set
 from .tiny import create_tiny_components, pixels_to_unit, save_components
-from .world import COLOURS, DEFAULT_OBJECT_SIZE, DEFAULT_OUTLINE, SHAPE_PLURALS, SHAPES, TEXTURE_NOUNS, TEXTURES
+from .parts import BODY_NOUN, BODY_PLURAL
+from .world import (BODY_COLOURS, COLOURS, DEFAULT_OBJECT_SIZE, DEFAULT_OUTLINE, SHAPE_PLURALS, SHAPES, TEXTURE_NOUNS,
+                    TEXTURES)
 
 __all__ = [
     "DEFAULT_CAM_GROUPS", "PretrainSettings", "CorpusItem", "read_corpus", "load_corpus_images", "train_vae",
@@ -314,9 +316,10 @@ def _sample_timesteps(batch, settings, num_train, gen):
 # ---------------------------------------------------------------------------------------------
 
 def object_words():
-    """Every corpus word that names the object: colours, textures, texture nouns, shapes, plurals, "shape(s)"."""
+    """Every corpus word that names the object: colours, textures, texture nouns, shapes, plurals, "shape(s)",
+    and the part world's body colours and body noun (singular and plural)."""
     return (tuple(COLOURS) + TEXTURES + tuple(TEXTURE_NOUNS.values()) + SHAPES + tuple(SHAPE_PLURALS.values())
-            + ("shape", "shapes"))
+            + ("shape", "shapes") + tuple(BODY_COLOURS) + (BODY_NOUN, BODY_PLURAL))
 
 
 def object_token_ids(tokenizer):
@@ -336,9 +339,9 @@ def parse_object_kind(caption):
     if not words or "two" in words:
         return None
     nouns = {v: k for k, v in TEXTURE_NOUNS.items()}
-    colour = next((w for w in words if w in COLOURS), None)
+    colour = next((w for w in words if w in COLOURS or w in BODY_COLOURS), None)
     texture = next((w if w in TEXTURES else nouns[w] for w in words if w in TEXTURES or w in nouns), "plain")
-    shape = next((w for w in words if w in SHAPES), "shape" if "shape" in words else None)
+    shape = next((w for w in words if w in SHAPES or w == BODY_NOUN), "shape" if "shape" in words else None)
     if colour is None or shape is None:
         return None
     return colour, texture, shape

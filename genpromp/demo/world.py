@@ -37,6 +37,10 @@ Layouts written (the real ones, so the real indexers read them):
   give the union box of all instances. Captions use plain words with varied phrasing; every
   colour, texture and shape word is a single CLIP token (plural "triangles" is the exception).
 
+Part world (``demo.world: parts``, ``genpromp.demo.parts``): the CUB-layout datasets show one shared
+bird-like body per image whose head alone carries the class, and list every image's head box in
+``part_boxes.txt`` (``<images.txt path> x1 y1 x2 y2``); a share of the corpus shows birds with neutral heads.
+
 Randomness: every image has its own ``numpy.random.Generator`` seeded from
 ``(seed, layout, class, index)``, so outputs are identical for the same seed and independent of
 the order in which images are produced.
@@ -64,7 +68,7 @@ __all__ = [
     "COLOURS", "TEXTURES", "SHAPES", "TEXTURE_NOUNS", "SHAPE_PLURALS", "ObjectKind", "DEMO_CLASSES",
     "demo_classes", "render_scene", "caption_for", "write_cub_dataset", "write_imagenet_dataset",
     "write_corpus", "write_demo_world", "demo_dataset_targets", "DATASET_MARKERS", "demo_markers", "demo_scores_path", "register_cli",
-    "MASK_LISTING",
+    "MASK_LISTING", "BODY_COLOURS", "WORLDS", "PART_LISTING", "demo_part_listings", "world_parts",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,14 @@ TEXTURES = ("plain", "striped", "dotted", "checked", "wavy")
 TEXTURE_NOUNS = {"striped": "stripes", "dotted": "dots", "checked": "checks", "wavy": "waves"}
 SHAPES = ("triangle", "circle", "square", "star", "diamond", "cross")
 SHAPE_PLURALS = {s: s + "s" for s in SHAPES} | {"cross": "crosses"}
+# Part world (``demo.world: parts``, genpromp.demo.parts): every object is a bird-like body in one of
+# these class-free colours; only its head (colour x pattern) tells the classes apart.
+BODY_COLOURS = {
+    "brown": (124, 84, 50),
+    "grey": (118, 118, 126),
+    "black": (54, 52, 56),
+}
+WORLDS = ("shapes", "parts")
 
 # Layout codes that enter the per-image seeds.
 _LAYOUT_CUB, _LAYOUT_IMAGENET, _LAYOUT_CORPUS = 1, 2, 3
@@ -192,9 +204,18 @@ def _background(rng, height, width):
     return arr + shade
 
 
+def _rgb(colour):
+    """RGB of a class colour (``COLOURS``) or a body colour of the part world (``BODY_COLOURS``)."""
+    if colour in COLOURS:
+        return COLOURS[colour]
+    if colour in BODY_COLOURS:
+        return BODY_COLOURS[colour]
+    raise GenprompError(f"unknown colour {colour!r}")
+
+
 def _texture(texture, colour, rng, height, width, size):
     """Object surface [H, W, 3] float32: the class colour with the class texture."""
-    col = np.array(COLOURS[colour], np.float32) * rng.uniform(0.9, 1.08)
+    col = np.array(_rgb(colour), np.float32) * rng.uniform(0.9, 1.08)
     dark = col * 0.35
     light = col * 0.3 + 255 * 0.7
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -258,7 +279,7 @@ def _outlined(surface, mask, mask_img, colour, width):
     a PIL "L" image) painted in a dark shade of ``colour``."""
     inner = np.asarray(mask_img.filter(ImageFilter.MinFilter(2 * width + 1))) > 127
     rim = mask & ~inner
-    dark = np.array(COLOURS[colour], np.float32) * 0.3
+    dark = np.array(_rgb(colour), np.float32) * 0.3
     return np.where(rim[..., None], dark[None, None], surface)
 
 
@@ -368,14 +389,34 @@ def _multi_flags(n, fraction, seed, layout, split):
 # Dataset writers
 # ---------------------------------------------------------------------------------------------
 
+def _scene_renderer(parts, object_size, outline):
+    """``render(kind, rng, width, height) -> (image, boxes, masks, part_box)``: the shapes world's
+    one-object scene (part_box None) or, with ``parts`` (PartSettings), the part world's."""
+    if parts is None:
+        return lambda kind, rng, w, h: (*render_scene(kind, rng, w, h, 1, object_size, outline, with_masks=True), None)
+    from .parts import render_part_scene
+    return lambda kind, rng, w, h: render_part_scene(kind, rng, w, h, object_size, outline, parts, with_masks=True)
+
+
+PART_LISTING = "part_boxes.txt"  # part world: the head box of every image, inside the dataset root
+
+
 def write_cub_dataset(root, n_classes, train_per_class, test_per_class, image_size=(160, 256),
-                      jpeg_quality=92, seed=0, object_size=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE):
+                      jpeg_quality=92, seed=0, object_size=DEFAULT_OBJECT_SIZE, outline=DEFAULT_OUTLINE, parts=None):
     """Write a CUB_200_2011-layout dataset at ``root`` (atomically, replacing it). Returns root.
 
     The test images' object masks go to ``masks/`` with the listing ``masks/localization.txt``
-    (image paths relative to ``images/``; see ``_save_masks``)."""
-    kinds = demo_classes(n_classes)
-    images, labels, split, bboxes, mask_lines = [], [], [], [], []
+    (image paths relative to ``images/``; see ``_save_masks``). ``parts``: a
+    :class:`genpromp.demo.parts.PartSettings` draws the part world instead (classes differ only in
+    the bird's head) and writes ``part_boxes.txt``: one line ``<images.txt path> x1 y1 x2 y2`` per
+    image (the visible head's tight box, exclusive ``x2``/``y2``)."""
+    if parts is None:
+        kinds = demo_classes(n_classes)
+    else:
+        from .parts import part_classes
+        kinds = part_classes(n_classes)
+    render = _scene_renderer(parts, object_size, outline)
+    images, labels, split, bboxes, mask_lines, part_lines = [], [], [], [], [], []
     with atomic_dir(root) as tmp:
         for c, kind in enumerate(kinds):
             folder = f"{c + 1:03d}.{kind.class_name()}"
@@ -385,9 +426,11 @@ def write_cub_dataset(root, n_classes, train_per_class, test_per_class, image_si
                 is_train = bool(order[k] < train_per_class)
                 rng = _image_rng(seed, _LAYOUT_CUB, 0, c, k)
                 width, height = _random_size(rng, image_size)
-                arr, boxes, masks = render_scene(kind, rng, width, height, 1, object_size, outline, with_masks=True)
+                arr, boxes, masks, part_box = render(kind, rng, width, height)
                 rel = f"{folder}/{kind.class_name()}_{k + 1:04d}.jpg"
                 _save_jpeg(arr, tmp / "images" / rel, jpeg_quality)
+                if part_box is not None:
+                    part_lines.append(f"{rel} " + " ".join(f"{v:.0f}" for v in part_box) + "\n")
                 if not is_train:
                     _save_masks(tmp / "masks", rel, masks, mask_lines)
                 images.append(rel)
@@ -405,6 +448,8 @@ def write_cub_dataset(root, n_classes, train_per_class, test_per_class, image_si
             "".join(f"{c + 1} {c + 1:03d}.{k.class_name()}\n" for c, k in enumerate(kinds)))
         (tmp / "masks").mkdir(exist_ok=True)
         (tmp / MASK_LISTING).write_text("".join(mask_lines))
+        if parts is not None:
+            (tmp / PART_LISTING).write_text("".join(part_lines))
     return Path(root)
 
 
@@ -465,9 +510,19 @@ def write_imagenet_dataset(root, synset_mapping_path, n_classes, train_per_class
     return Path(root)
 
 
+def _corpus_bird(rng, resolution, object_size, outline, parts):
+    """(image, boxes, caption) of a part-world corpus bird (neutral head, see genpromp.demo.parts)."""
+    from .parts import bird_caption, render_corpus_bird
+    arr, boxes, colour = render_corpus_bird(rng, resolution, object_size, outline, parts)
+    return arr, boxes, bird_caption(colour, rng)
+
+
 def write_corpus(root, n, resolution=128, seed=0, two_fraction=0.25, object_size=DEFAULT_CORPUS_OBJECT_SIZE,
-                 outline=DEFAULT_OUTLINE):
-    """Write the captioned pretraining corpus (``captions.csv`` + ``images/*.png``). Returns root."""
+                 outline=DEFAULT_OUTLINE, parts=None):
+    """Write the captioned pretraining corpus (``captions.csv`` + ``images/*.png``). Returns root.
+
+    ``parts`` (PartSettings): a share ``parts.corpus_fraction`` of the images is a part-world bird with
+    a neutral head (never a class's head); the rest are the shapes world's objects."""
     vocabulary = [ObjectKind(*c) for c in itertools.product(COLOURS, TEXTURES, SHAPES)]
     with atomic_dir(root) as tmp:
         (tmp / "images").mkdir()
@@ -476,10 +531,15 @@ def write_corpus(root, n, resolution=128, seed=0, two_fraction=0.25, object_size
         writer.writerow(["file", "caption", "x1", "y1", "x2", "y2"])
         for i in range(n):
             rng = _image_rng(seed, _LAYOUT_CORPUS, 0, 0, i)
+            rel = f"images/{i:06d}.png"
+            if parts is not None and rng.uniform() < parts.corpus_fraction:
+                arr, boxes, caption = _corpus_bird(rng, resolution, object_size, outline, parts)
+                Image.fromarray(arr).save(tmp / rel, format="PNG")
+                writer.writerow([rel, caption, *(int(v) for v in boxes[0])])
+                continue
             kind = vocabulary[int(rng.integers(len(vocabulary)))]
             n_inst = 2 if rng.uniform() < two_fraction else 1
             arr, boxes = render_scene(kind, rng, resolution, resolution, n_inst, object_size, outline)
-            rel = f"images/{i:06d}.png"
             Image.fromarray(arr).save(tmp / rel, format="PNG")
             b = np.array(boxes)
             union = [b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()]
@@ -512,15 +572,36 @@ def demo_markers(config):
     return {name: f"{root}/{DATASET_MARKERS[layout]}" for name, (layout, root) in demo_dataset_targets(config).items()}
 
 
+def demo_part_listings(config):
+    """``{name: part-box listing path}`` of every dataset the demo world writes as a part world
+    (``demo.world: parts``; CUB layout); empty otherwise."""
+    demo = config.get("demo", {})
+    if not demo.get("enabled") or demo.get("world", "shapes") != "parts":
+        return {}
+    return {name: f"{root}/{PART_LISTING}" for name, (layout, root) in demo_dataset_targets(config).items()
+            if layout == "cub"}
+
+
 def demo_scores_path(demo_root, dataset):
     """Where the demo classifier writes a dataset's test scores (the path the demo config's
     ``datasets.<d>.classifier.path`` names)."""
     return f"{demo_root}/classifications/{dataset}_democls.json"
 
 
+def world_parts(demo):
+    """The part world's PartSettings for the config's ``demo`` block (``demo.world: parts``), else None."""
+    if demo.get("world", "shapes") not in WORLDS:
+        raise GenprompError(f"config key demo.world: {demo.get('world')!r}; use one of {', '.join(WORLDS)}")
+    if demo.get("world", "shapes") == "shapes":
+        return None
+    from .parts import part_settings
+    return part_settings(demo["parts"])
+
+
 def write_demo_world(config, synset_mapping_path, what=("datasets", "corpus")):
     """Write every demo dataset of ``config`` (see ``demo_dataset_targets``) and the corpus."""
     demo, seed = config["demo"], int(config["seed"])
+    parts = world_parts(demo)
     common = dict(n_classes=demo["n_classes"], train_per_class=demo["train_per_class"],
                   test_per_class=demo["test_per_class"], image_size=demo["image_size"],
                   jpeg_quality=demo["jpeg_quality"], seed=seed,
@@ -530,7 +611,10 @@ def write_demo_world(config, synset_mapping_path, what=("datasets", "corpus")):
         for name, (layout, root) in demo_dataset_targets(config).items():
             t0 = time.perf_counter()
             if layout == "cub":
-                write_cub_dataset(root, **common)
+                write_cub_dataset(root, parts=parts, **common)
+            elif parts is not None:
+                raise GenprompError(f"dataset {name}: demo.world parts writes CUB-layout datasets only; use "
+                                    "layout cub or demo.world shapes")
             else:
                 write_imagenet_dataset(root, synset_mapping_path,
                                        multi_instance_fraction=demo["multi_instance_fraction"], **common)
@@ -541,7 +625,7 @@ def write_demo_world(config, synset_mapping_path, what=("datasets", "corpus")):
         corpus = Path(demo["root"]) / "corpus"
         write_corpus(corpus, demo["corpus_size"], demo["tiny_model"]["resolution"], seed,
                      object_size=_check_size_range(demo["corpus_object_size"], "demo.corpus_object_size"),
-                     outline=float(demo["outline"]))
+                     outline=float(demo["outline"]), parts=parts)
         log.info("corpus of %d images written to %s in %.1f s", demo["corpus_size"], corpus, time.perf_counter() - t0)
         written.append(corpus)
     return written

@@ -2,7 +2,8 @@
 
 Modules: ``metrics`` (pure functions), ``tscam`` / ``wsol`` (per-image threshold sweeps),
 ``evaluator`` (per-image scoring + accumulation), ``evaluate`` (files + ``genpromp evaluate``),
-``tables`` (paper tables + ``genpromp tables``), ``plots`` (figures).
+``tables`` (paper tables + ``genpromp tables``), ``bootstrap`` (their confidence intervals),
+``plots`` (figures).
 """
 
 __all__ = []

@@ -18,12 +18,24 @@ def _save(fig, out):
     plt.close(fig)
 
 
+def _error_bars(g, col):
+    """[[below], [above]] distances of the ``col_lo`` / ``col_hi`` interval from ``col`` (0 where none)."""
+    if f"{col}_lo" not in g.columns:
+        return None
+    value = g[col].astype(float)
+    lo = g[f"{col}_lo"].astype(float).fillna(value)
+    hi = g[f"{col}_hi"].astype(float).fillna(value)
+    return [(value - lo).to_numpy(), (hi - value).to_numpy()]
+
+
 def plot_combine_ratio(df, out):
-    """GT-known Loc and MaxBoxAccV2 (%) vs combine ratio w, one line per (dataset, run)."""
+    """GT-known Loc and MaxBoxAccV2 (%) vs combine ratio w, one line per (dataset, run), with error bars
+    of the ``<metric>_lo`` / ``<metric>_hi`` confidence intervals where the table has them."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for (ds, run), g in df.sort_values("ratio").groupby(["dataset", "run"]):
         for ax, col in zip(axes, ("gt_known", "max_box_acc_v2")):
-            ax.plot(g["ratio"], g[col], marker="o", label=f"{ds}/{run}")
+            ax.errorbar(g["ratio"], g[col].astype(float), yerr=_error_bars(g, col), marker="o", capsize=3,
+                        label=f"{ds}/{run}")
     for ax, title in zip(axes, ("GT-known Loc (%)", "MaxBoxAccV2 (%)")):
         ax.set_xlabel("combine ratio w")
         ax.set_title(title)
@@ -33,12 +45,16 @@ def plot_combine_ratio(df, out):
 
 
 def plot_threshold_curve(df, out):
-    """GT-known and Top-1 Loc (%) vs CAM threshold, one line per (dataset, run, variant)."""
+    """GT-known and Top-1 Loc (%) vs CAM threshold, one line per (dataset, run, variant), with a shaded
+    band for the ``<metric>_lo`` / ``<metric>_hi`` confidence intervals where the table has them."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for key, g in df.groupby(["dataset", "run", "variant"]):
         for ax, col in zip(axes, ("gt_known", "top1_loc")):
             if g[col].notna().any():
-                ax.plot(g["threshold"], g[col], label="/".join(key))
+                (line,) = ax.plot(g["threshold"], g[col].astype(float), label="/".join(key))
+                if f"{col}_lo" in g.columns and g[f"{col}_lo"].notna().any():
+                    ax.fill_between(g["threshold"], g[f"{col}_lo"].astype(float), g[f"{col}_hi"].astype(float),
+                                    color=line.get_color(), alpha=0.2, linewidth=0)
     for ax, title in zip(axes, ("GT-known Loc (%)", "Top-1 Loc (%)")):
         ax.set_xlabel("CAM threshold")
         ax.set_title(title)

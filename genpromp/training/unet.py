@@ -1,7 +1,9 @@
 """Stage 2: finetune the whole UNet on 0.5·f_r + 0.5·f_d conditioning (docs/method.md § Stage 2), resumable.
 
 Concept tokens are loaded into the text encoder; the text encoder and VAE are frozen; the UNet is
-trained in fp32 (``compute.mixed_precision`` only autocasts the forward). Each sample draws one
+trained in fp32 (``compute.mixed_precision`` only autocasts the forward). ``gradient_checkpointing``
+(off by default, as the original) makes the UNet keep only its blocks' inputs in the forward and recompute
+the rest in the backward: less activation memory, about one more forward of time, the same numbers. Each sample draws one
 template; f_r is the text encoder's last hidden state for the concept-token caption and f_d for the
 meta-token caption with the same template. Loss, timesteps, latents and AdamW as in stage 1.
 
@@ -86,6 +88,7 @@ class Stage2Settings:
     seed: int = 0
     mixed_precision: str = "no"
     num_workers: int = 0
+    gradient_checkpointing: bool = False
 
     def trained_steps(self):
         """Optimizer updates behind the written UNet: ``max_train_steps``, or with ``final_unet:
@@ -214,9 +217,10 @@ def _partial_dir(out_dir):
     return out_dir.with_name(out_dir.name + ".partial")
 
 
-def _load_stage2_models(pretrained, table, tokens_path, device):
+def _load_stage2_models(pretrained, table, tokens_path, device, gradient_checkpointing=False):
     """SD components with the concept tokens installed, text encoder and VAE frozen, the UNet trainable in
-    fp32; plus the concept- and meta-caption ids of every class ({class_id: int64 [n_templates, L]})."""
+    fp32 (with diffusers' gradient checkpointing when asked); plus the concept- and meta-caption ids of
+    every class ({class_id: int64 [n_templates, L]})."""
     from ..models.loading import load_components
 
     comps = load_components(pretrained)
@@ -227,6 +231,8 @@ def _load_stage2_models(pretrained, table, tokens_path, device):
         module.to(device)
     comps.unet.requires_grad_(True)
     comps.unet.train()
+    if gradient_checkpointing:
+        comps.unet.enable_gradient_checkpointing()
     comps.unet.to(device)  # loaded in fp32; kept fp32 (autocast only for mixed precision)
     concept_ids = {c.class_id: tokenize(comps.tokenizer, [t.format(c.concept_token) for t in TEMPLATES])
                    for c in table.classes}
@@ -261,7 +267,9 @@ def _plan_stage2(settings, unet, items, n_updates, pretrained, tokens_path, worl
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.effective_lr(world),
                                   betas=(settings.adam_beta1, settings.adam_beta2),
                                   weight_decay=settings.adam_weight_decay, eps=settings.adam_epsilon)
-    job_fp = fingerprint({"settings": asdict(settings) | {"num_workers": None}, "pretrained": str(pretrained),
+    # num_workers and gradient_checkpointing do not change the result: a checkpoint resumes across them
+    kept = {k: v for k, v in asdict(settings).items() if k != "gradient_checkpointing"}
+    job_fp = fingerprint({"settings": kept | {"num_workers": None}, "pretrained": str(pretrained),
                           "tokens": _file_digest(tokens_path), "items": [(c, str(p)) for c, p in items],
                           "world": world})
     return schedule, optimizer, job_fp
@@ -359,7 +367,8 @@ def train_unet(pretrained, train_parquet, classes_parquet, image_root, tokens_pa
                               **accelerator_kwargs(tracking))
     start_tracking(accelerator, tracking, asdict(settings))
     table = load_training_table(train_parquet, classes_parquet, image_root)
-    comps, concept_ids, meta_ids = _load_stage2_models(pretrained, table, tokens_path, accelerator.device)
+    comps, concept_ids, meta_ids = _load_stage2_models(pretrained, table, tokens_path, accelerator.device,
+                                                       settings.gradient_checkpointing)
     items = sorted(((c, p) for c, paths in table.images.items() for p in paths), key=lambda x: str(x[1]))
     world = accelerator.num_processes
     schedule, optimizer, job_fp = _plan_stage2(settings, comps.unet, items, n_updates, pretrained, tokens_path,

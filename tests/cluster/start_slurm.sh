@@ -5,8 +5,8 @@
 #   tests/cluster/stop_slurm.sh         # stop the daemons again
 #
 # Installs the Debian packages slurmctld slurmd slurm-client munge with apt-get when missing,
-# writes /etc/slurm/{slurm,gres}.conf from the templates next to this script (node CPUs = nproc,
-# RealMemory = 80 % of total memory, one fake GPU on /dev/null), starts munged, slurmctld and
+# writes /etc/slurm/{slurm,gres}.conf from the templates next to this script (node CPUs = nproc but
+# at least 4, RealMemory = 80 % of total memory, two fake GPUs on /dev/null and /dev/zero), starts munged, slurmctld and
 # slurmd, and waits until the node is idle. Idempotent: a cluster this script already started
 # and that answers is left alone (exit 0).
 #
@@ -43,7 +43,9 @@ fi
 
 # --- 2. configuration --------------------------------------------------------------------
 HOST="$(hostname -s)"
-CPUS="$(nproc)"
+# At least 4 CPUs even on a 2-core machine (slurm.conf: SlurmdParameters=config_overrides), so a
+# 2-GPU job whose data loaders need 2 CPUs per GPU process can be scheduled.
+CPUS="$(( $(nproc) > 4 ? $(nproc) : 4 ))"
 MEM_MB="$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)"
 
 render() {  # template -> stdout
@@ -105,7 +107,7 @@ pid_alive "$STATE/slurmd.pid" || slurmd -c
 
 for _ in $(seq 150); do
   case "$(node_state)" in
-    idle|mix|alloc) log "ready: node $HOST, $CPUS CPUs, ${MEM_MB} MB, 1 fake GPU, partition $PARTITION"; exit 0 ;;
+    idle|mix|alloc) log "ready: node $HOST, $CPUS CPUs, ${MEM_MB} MB, 2 fake GPUs, partition $PARTITION"; exit 0 ;;
     down*|drain*|fail*) scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true ;;
   esac
   sleep 0.2

@@ -7,7 +7,8 @@ ASSETS_TOKENIZER = plan.ASSETS_TOKENIZER
 ASSETS_SYNSETS = plan.ASSETS_SYNSETS
 # Input functions (genpromp.plan). The index waits for a demo-generated dataset's marker file.
 index_inputs = lambda wc: {"tokenizer": plan.index_tokenizer(config)} | (
-    {"marker": demo_markers(config)[wc.dataset]} if wc.dataset in demo_markers(config) else {})
+    {"marker": demo_markers(config)[wc.dataset]} if wc.dataset in demo_markers(config) else {}
+)
 scores_source = lambda wc: plan.scores_source(config, wc.dataset, wc.classifier)
 
 
@@ -16,16 +17,16 @@ scores_source = lambda wc: plan.scores_source(config, wc.dataset, wc.classifier)
 rule assets:
     output:
         tokenizer=ASSETS_TOKENIZER,
-    params:
-        out=lambda wc, output: str(Path(output.tokenizer).parent.parent),
-    conda:
-        "../../environment.yml"
     log:
         "logs/data/assets.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=15,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(15),
+    params:
+        out=lambda wc, output: str(Path(output.tokenizer).parent.parent),
     script:
         "../scripts/assets.py"
 
@@ -33,16 +34,16 @@ rule assets:
 rule assets_synsets:
     output:
         synsets=ASSETS_SYNSETS,
-    params:
-        out=lambda wc, output: str(Path(output.synsets).parent),
-    conda:
-        "../../environment.yml"
     log:
         "logs/data/assets_synsets.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=15,
+        mem_mb=per_attempt(1000),
+        runtime=per_attempt(15),
+    params:
+        out=lambda wc, output: str(Path(output.synsets).parent),
     script:
         "../scripts/assets_synsets.py"
 
@@ -54,19 +55,19 @@ checkpoint index:
         train=layout.index_table("{dataset}", "train"),
         test=layout.index_table("{dataset}", "test"),
         classes=layout.index_table("{dataset}", "classes"),
-    params:
-        dataset=lambda w: dataset_view(config, w.dataset, drop=EVAL_ONLY_DATASET_KEYS + ("classifier",)),
-        verify="test",
-    conda:
-        "../../environment.yml"
     log:
         "logs/data/index_{dataset}.log",
     benchmark:
         "logs/data/index_{dataset}.bench.tsv"
+    conda:
+        "../../environment.yml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(120),
+    params:
+        dataset=lambda w: dataset_view(config, w.dataset, drop=EVAL_ONLY_DATASET_KEYS + ("classifier",)),
+        verify="test",
     script:
         "../scripts/index.py"
 
@@ -78,17 +79,17 @@ rule import_scores:
         classes=layout.index_table("{dataset}", "classes"),
     output:
         layout.scores("{dataset}", "{classifier}"),
-    params:
-        format=lambda w: DATASETS[w.dataset]["classifier"].get("format", "json"),
-    conda:
-        "../../environment.yml"
     log:
         "logs/data/import_scores_{dataset}_{classifier}.log",
     benchmark:
         "logs/data/import_scores_{dataset}_{classifier}.bench.tsv"
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
+    params:
+        format=lambda w: DATASETS[w.dataset]["classifier"].get("format", "json"),
     script:
         "../scripts/import_scores.py"

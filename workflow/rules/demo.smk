@@ -2,8 +2,9 @@
 # the demo classifier that scores them, and the tiny SD-1.4-topology model pretrained on the corpus, which
 # stands in for Stable Diffusion 1.4. Rules exist only with demo.enabled. Contract for the other rules:
 # the dataset marker files (demo_markers), the classifier's score file (datasets.<d>.classifier.path) and
-# PRETRAINED_MARKER (<pretrained>/unet/config.json; the whole <pretrained>/ folder is written atomically with it).
-from genpromp.demo.world import demo_scores_path
+# PRETRAINED_MARKER (<pretrained>/unet/config.json; the whole <pretrained>/ folder is written atomically with it),
+# and with demo.world parts each dataset's part-box listing (demo_part_listings).
+from genpromp.demo.world import demo_part_listings, demo_scores_path
 
 DEMO = config["demo"]
 # The 1000 ILSVRC class names the ImageNet-layout demo dataset draws from: an existing file
@@ -18,7 +19,19 @@ if DEMO["enabled"]:
             synsets=DEMO_SYNSETS,
         output:
             markers=list(demo_markers(config).values()),
+            # demo.world parts: the head box of every image (genpromp.baselines.peaks reads it)
+            parts=list(demo_part_listings(config).values()),
             corpus=f"{DEMO['root']}/corpus/captions.csv",
+        log:
+            "logs/data/demo_world.log",
+        benchmark:
+            "logs/data/demo_world.bench.tsv"
+        conda:
+            "../../environment.yml"
+        threads: 1
+        resources:
+            mem_mb=per_attempt(2000),
+            runtime=per_attempt(30),
         params:
             # only what the generator reads, so unrelated config changes do not regenerate the data
             config={
@@ -29,16 +42,6 @@ if DEMO["enabled"]:
                 },
                 "datasets": {n: {"layout": d["layout"], "root": d["root"]} for n, d in DATASETS.items()},
             },
-        conda:
-            "../../environment.yml"
-        log:
-            "logs/data/demo_world.log",
-        benchmark:
-            "logs/data/demo_world.bench.tsv"
-        threads: 1
-        resources:
-            mem_mb=2000,
-            runtime=30,
         script:
             "../scripts/demo_world.py"
 
@@ -49,20 +52,20 @@ if DEMO["enabled"]:
             classes=layout.index_table("{dataset}", "classes"),
         output:
             demo_scores_path(DEMO["root"], "{dataset}"),
-        params:
-            dataset=lambda w: dataset_view(config, w.dataset),
-            epochs=DEMO["classifier_epochs"],
-            seed=config["seed"],
-        conda:
-            "../../environment.yml"
         log:
             "logs/data/classifier_{dataset}.log",
         benchmark:
             "logs/data/classifier_{dataset}.bench.tsv"
+        conda:
+            "../../environment.yml"
         threads: 1
         resources:
-            mem_mb=2000,
-            runtime=30,
+            mem_mb=per_attempt(2000),
+            runtime=per_attempt(30),
+        params:
+            dataset=lambda w: dataset_view(config, w.dataset),
+            epochs=DEMO["classifier_epochs"],
+            seed=config["seed"],
         script:
             "../scripts/classifier.py"
 
@@ -72,25 +75,29 @@ if DEMO["enabled"]:
             tokenizer=ASSETS_TOKENIZER,
         output:
             marker=PRETRAINED_MARKER,
-            samples=report(f"{DEMO_RESULTS}/samples.png", category="Demo model",
-                           labels={"figure": "pretraining samples"}),
-            loss=report(f"{DEMO_RESULTS}/pretrain_loss.csv", category="Demo model",
-                        labels={"table": "pretraining loss"}),
+            samples=report(
+                f"{DEMO_RESULTS}/samples.png", category="Demo model", labels={"figure": "pretraining samples"}
+            ),
+            loss=report(
+                f"{DEMO_RESULTS}/pretrain_loss.csv", category="Demo model", labels={"table": "pretraining loss"}
+            ),
             diagnostic=f"{DEMO_RESULTS}/diagnostic.json",
-        params:
-            # image_size / object_size / outline: the diagnostic's probe images look like the demo datasets
-            config={"seed": config["seed"],
-                    "demo": {k: DEMO[k] for k in ("tiny_model", "image_size", "object_size", "outline")}},
-            out=lambda wc, output: str(Path(output.marker).parent.parent),
-        conda:
-            "../../environment.yml"
         log:
             "logs/model/pretrain_tiny.log",
         benchmark:
             "logs/model/pretrain_tiny.bench.tsv"
+        conda:
+            "../../environment.yml"
         threads: 2
         resources:
-            mem_mb=4000,
-            runtime=60,
+            mem_mb=per_attempt(4000),
+            runtime=per_attempt(60),
+        params:
+            # image_size / object_size / outline: the diagnostic's probe images look like the demo datasets
+            config={
+                "seed": config["seed"],
+                "demo": {k: DEMO[k] for k in ("tiny_model", "image_size", "object_size", "outline")},
+            },
+            out=lambda wc, output: str(Path(output.marker).parent.parent),
         script:
             "../scripts/pretrain_tiny.py"

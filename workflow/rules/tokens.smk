@@ -5,8 +5,9 @@
 # (not an output, so Snakemake keeps it).
 TRAIN_TOKEN = config["train_token"]
 # Input function (genpromp.plan): the shard count follows the class table of the index (a checkpoint).
-token_shards = lambda wc: plan.token_shards(config, wc.dataset,
-                                            checkpoints.index.get(dataset=wc.dataset).output.classes)
+token_shards = lambda wc: plan.token_shards(
+    config, wc.dataset, checkpoints.index.get(dataset=wc.dataset).output.classes
+)
 
 
 if not TRAIN_TOKEN["load_token_path"]:
@@ -19,20 +20,22 @@ if not TRAIN_TOKEN["load_token_path"]:
         output:
             tokens=layout.token_shard("{dataset}", "{shard}"),
             log_csv=layout.token_shard_log("{dataset}", "{shard}"),
-        params:
-            config=lambda wc: stage_view(config, wc.dataset, "train_token"),
-        conda:
-            "../../environment.yml"
         log:
             "logs/tokens/{dataset}/shard-{shard}.log",
         benchmark:
             "logs/tokens/{dataset}/shard-{shard}.bench.tsv"
-        threads: 2
+        conda:
+            "../../environment.yml"
+        threads: job_threads("train_token", config)
         resources:
             mem_mb=measured("train_token", "mem_mb"),
             runtime=measured("train_token", "runtime"),
             gpu=max(config["compute"]["gpus"], 0),
+            # all of a multi-GPU job's processes on one node (accelerate launch starts them there)
+            nodes=1,
             gpu_mem_mb=measured("train_token", "gpu_mem_mb"),
+        params:
+            config=lambda wc: stage_view(config, wc.dataset, "train_token"),
         script:
             "../scripts/train_token.py"
 
@@ -43,15 +46,15 @@ rule merge_tokens:
         classes=layout.index_table("{dataset}", "classes"),
     output:
         layout.tokens("{dataset}"),
-    params:
-        load_token_path=TRAIN_TOKEN["load_token_path"],
-    conda:
-        "../../environment.yml"
     log:
         "logs/tokens/{dataset}/merge.log",
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(10),
+    params:
+        load_token_path=TRAIN_TOKEN["load_token_path"],
     script:
         "../scripts/merge_tokens.py"

@@ -13,19 +13,21 @@ rule train_unet:
     output:
         marker=layout.unet_marker("{dataset}"),
         log_csv=layout.unet_log("{dataset}"),
-    params:
-        config=lambda wc: stage_view(config, wc.dataset, "train_unet"),
-    conda:
-        "../../environment.yml"
     log:
         "logs/unet/{dataset}.log",
     benchmark:
         "logs/unet/{dataset}.bench.tsv"
-    threads: 2
+    conda:
+        "../../environment.yml"
+    threads: job_threads("train_unet", config)
     resources:
         mem_mb=measured("train_unet", "mem_mb"),
         runtime=measured("train_unet", "runtime"),
         gpu=max(config["compute"]["gpus"], 0),
+        # all of a multi-GPU job's processes on one node (accelerate launch starts them there)
+        nodes=1,
         gpu_mem_mb=measured("train_unet", "gpu_mem_mb"),
+    params:
+        config=lambda wc: stage_view(config, wc.dataset, "train_unet"),
     script:
         "../scripts/train_unet.py"
