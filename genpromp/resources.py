@@ -34,6 +34,9 @@ VAE_PARAMS_GB = 83.65e6 * 4 / 1e9          # 0.33
 FROZEN_GB = UNET_PARAMS_GB + TEXT_ENCODER_PARAMS_GB + VAE_PARAMS_GB  # 4.26
 # Stage 2 trains the UNet in fp32 with AdamW: weights + gradients + two moments = 4 x the weights.
 STAGE2_STATE_GB = 4 * UNET_PARAMS_GB + TEXT_ENCODER_PARAMS_GB + VAE_PARAMS_GB  # 14.57
+# PyTorch's multi-tensor AdamW step allocates one fp32 temporary per UNet parameter (sqrt of the second
+# moment) after the activations are freed: the stage-2 peak at small batches.
+ADAMW_STEP_GB = UNET_PARAMS_GB
 CUDA_CONTEXT_GB = 1.0  # CUDA context, cuDNN / cuBLAS workspaces, allocator slack
 
 SD14 = {
@@ -45,6 +48,10 @@ SD14 = {
     # Activations kept for the backward pass per 512-px sample: the stage-1 peak less the frozen
     # weights and ~0.3 GB of interpreter and libraries (6.6 - 4.26 - 0.3, rounded up).
     "train_activations_gb": 2.1,
+    # Stage 2 activations per 512-px sample of one micro-step (forward + backward), measured with
+    # benchmarks/bench_unet_memory.py: 1.78 GiB without train_unet.gradient_checkpointing, 0.45 GiB with it.
+    "stage2_activations_gb": 1.78 * 2**30 / 1e9,
+    "stage2_checkpointed_activations_gb": 0.45 * 2**30 / 1e9,
     # Activations per extra image in one no-grad CAM batch (two timesteps, up to two prompts).
     "cams_activations_gb": 0.6,
     # Seconds per unit on the 2-core CPU. Measured: CAM extraction (13-17 s per image; the top is used).
@@ -104,13 +111,21 @@ def stage1_samples(config):
     return int(t["batch_size"]) * int(t.get("concurrent_classes", 1))
 
 
+def stage2_activations_gb(config):
+    """Activations (GB) of one stage-2 micro-step: per-sample figure (with or without gradient
+    checkpointing) x ``train_unet.batch_size``."""
+    u = config["train_unet"]
+    key = "stage2_checkpointed_activations_gb" if u.get("gradient_checkpointing") else "stage2_activations_gb"
+    return SD14[key] * int(u["batch_size"])
+
+
 def gpu_mem_mb(rule, config):
     """GPU memory (MB) a job of ``rule`` needs on one device (arithmetic; see the module docstring)."""
     act = SD14["train_activations_gb"]
     if rule == "train_token":
         gb = FROZEN_GB + act * stage1_samples(config)
     elif rule == "train_unet":
-        gb = STAGE2_STATE_GB + act * int(config["train_unet"]["batch_size"])
+        gb = STAGE2_STATE_GB + max(stage2_activations_gb(config), ADAMW_STEP_GB)
     elif rule == "extract_cams":
         half = config["test"].get("inference_precision", "auto") in ("auto", "fp16")
         weights = (UNET_PARAMS_GB + VAE_PARAMS_GB) / (2 if half else 1) + TEXT_ENCODER_PARAMS_GB

@@ -140,7 +140,7 @@ def test_fixture_data_is_deterministic_and_real_layout(tmp_path, tokenizer_dir):
 
 def test_resources_from_measurement():
     """GPU memory by hand: UNet 859.52 M, text encoder 123.06 M, VAE 83.65 M parameters x 4 bytes,
-    2.1 GB of activations per training sample, 1 GB of CUDA context."""
+    2.1 GB of activations per stage-1 sample, the measured stage-2 activations, 1 GB of CUDA context."""
     from genpromp.config import load_config
     from genpromp.resources import gpu_mem_mb, job_resources
 
@@ -149,7 +149,14 @@ def test_resources_from_measurement():
     cub = load_config(REPO / "config/cub.yaml")
     imagenet = load_config(REPO / "config/imagenet.yaml")
     assert gpu_mem_mb("train_token", cub) == int(-(-(weights + 4 * 2 * 2.1 + 1) * 1000 // 1)) == 22065
-    assert gpu_mem_mb("train_unet", cub) == int(-(-(stage2_state + 2 * 2.1 + 1) * 1000 // 1)) == 19780
+    act2, act2_ckpt = 1.78 * 2**30 / 1e9, 0.45 * 2**30 / 1e9          # stage-2 GB per sample (bench_unet_memory)
+    adamw_step = 859.52 * 4 / 1000                                     # AdamW's sqrt temporary, 3.43808 GB
+    assert gpu_mem_mb("train_unet", cub) == int(-(-(stage2_state + 2 * act2 + 1) * 1000 // 1)) == 19402
+    unet4 = {**cub, "train_unet": {**cub["train_unet"], "batch_size": 4}}
+    assert gpu_mem_mb("train_unet", unet4) == int(-(-(stage2_state + 4 * act2 + 1) * 1000 // 1)) == 23225
+    ckpt4 = {**cub, "train_unet": {**cub["train_unet"], "batch_size": 4, "gradient_checkpointing": True}}
+    assert 4 * act2_ckpt < adamw_step                                  # the optimizer step is the peak
+    assert gpu_mem_mb("train_unet", ckpt4) == int(-(-(stage2_state + adamw_step + 1) * 1000 // 1)) == 19018
     for config in (cub, imagenet):                                       # the paper configs fit a 24 GB GPU
         assert max(gpu_mem_mb(r, config) for r in ("train_token", "train_unet", "extract_cams", "embeddings")) < 24000
     old = {**cub, "train_token": {**cub["train_token"], "concurrent_classes": 4}}
