@@ -40,7 +40,7 @@ def test_reduced_experiment(tmp_path):
     # the CAM baseline is a part detector: its maps peak on the head, which is ~10 % of the bird's box
     assert cam_peaks["peak_in_part"] >= 50
     assert cam_peaks["part_mass"] >= 2 * cam_peaks["part_area"]
-    # the full experiment (docs/experiment.md): GenPromp - CAM GT-known +89.2 [84.8, 93.1] on 204 images;
+    # the full experiment (docs/experiment.md): GenPromp - CAM GT-known +89.7 [85.3, 93.6] on 204 images;
     # measured here (24 images): 95.8 vs 8.3
     assert gt_known["ours"] >= gt_known["cam"] + 40
     figure = Image.open(workdir / layout.figure(DATASET, layout.COMPARISON_FIGURE))
