@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from ..cams.cache import write_cam_shard
 from ..cams.extract import load_test_image, plan_prompts, shard_records
 from ..data.scores import read_top5
+from ..config import schema_default
 from ..errors import GenprompError, InputError
 from ..io import atomic_path, resolve_inside
 from ..layout import Variant
@@ -58,17 +59,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _schema(key, cast=None):
+    """A field whose default is the config schema's default of ``cam_baseline.<key>``."""
+    return field(default_factory=lambda: (cast or (lambda v: v))(schema_default(f"cam_baseline.{key}")))
+
+
 @dataclass(frozen=True)
 class CamNetSettings:
-    """``cam_baseline`` config block: input side, widths per level, training schedule and augmentation."""
+    """``cam_baseline`` config block: input side, widths per level, training schedule and augmentation
+    (defaults: the config schema's); ``threads``: torch CPU threads."""
 
-    resolution: int = 96
-    channels: tuple = (16, 32, 64, 64)
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 5e-3
-    weight_decay: float = 1e-4
-    shift: int = 8
+    resolution: int = _schema("resolution")
+    channels: tuple = _schema("channels", tuple)
+    epochs: int = _schema("epochs")
+    batch_size: int = _schema("batch_size")
+    learning_rate: float = _schema("learning_rate")
+    weight_decay: float = _schema("weight_decay")
+    shift: int = _schema("shift")
     threads: int = 2
 
 
